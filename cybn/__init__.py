@@ -1,0 +1,26 @@
+"""cybn: fast, exact batch normalization for NumPy, with PyTorch's BatchNorm1d contract.
+
+Cython/OpenMP kernels behind a NumPy API:
+
+* :class:`BatchNorm1d` -- the module (train/eval forward, backward, running statistics,
+  state_dict), like ``torch.nn.BatchNorm1d``;
+* :mod:`cybn.functional` -- ``batch_norm``, ``batch_norm_forward``, ``batch_norm_backward``;
+* :mod:`cybn.compat` -- the cs231n-style ``batchnorm_forward``/``batchnorm_backward``.
+"""
+
+from . import compat, functional
+from ._openmp import openmp_enabled
+from ._threads import get_num_threads, set_num_threads
+from .batchnorm import BatchNorm1d
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchNorm1d",
+    "compat",
+    "functional",
+    "get_num_threads",
+    "openmp_enabled",
+    "set_num_threads",
+    "__version__",
+]

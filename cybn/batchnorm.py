@@ -1,0 +1,380 @@
+"""Batch-normalization modules with the contract of ``torch.nn.BatchNorm1d``.
+
+State (parameters, running statistics, the backward cache) lives here; validation and the
+arithmetic are delegated to :mod:`cybn.functional` and the compiled kernels.
+"""
+
+from __future__ import annotations
+
+import collections
+import numbers
+
+import numpy as np
+
+from . import functional as F
+from ._threads import _check_count
+
+__all__ = ["BatchNorm1d"]
+
+_MODULE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+_IncompatibleKeys = collections.namedtuple("IncompatibleKeys",
+                                           ["missing_keys", "unexpected_keys"])
+
+
+class _Cache:
+    """What backward needs from the last successful forward (C-sized apart from x)."""
+
+    __slots__ = ("view", "xdt", "dtype", "training", "center", "invstd")
+
+    def __init__(self, view, xdt, dtype, training, center, invstd):
+        self.view = view            # (A, C, B) view of the input (a reference, not a copy)
+        self.xdt = xdt              # compute dtype
+        self.dtype = dtype          # the input's dtype (grad_input's dtype)
+        self.training = training    # batch-statistics formula?
+        self.center = center        # float64 (C,): batch mean or running mean
+        self.invstd = invstd        # float64 (C,): 1/sqrt(var + eps)
+
+
+def _as_state_array(value, key):
+    """Array-like from a state dict (NumPy, torch tensor, list, scalar) -> ndarray."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without torch
+        value = value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - report which key could not be read
+        raise TypeError(f"state_dict[{key!r}] is not array-like: {exc}") from exc
+
+
+class _BatchNorm:
+    """State and logic shared by the batch-norm modules (PyTorch's ``_NormBase``)."""
+
+    _version = 2
+    _expected_ndims: tuple = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, bias=True, dtype=np.float32, n_threads=None):
+        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
+            raise TypeError(
+                f"num_features must be an int, got {type(num_features).__name__}")
+        if num_features < 0:
+            raise ValueError(f"num_features must be >= 0, got {num_features}")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+            raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+        if momentum is not None:
+            F._check_momentum(momentum)
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float16, float32 or float64, got {dtype!r}") \
+                from None
+        if dt not in _MODULE_DTYPES:
+            raise TypeError(f"dtype must be float16, float32 or float64, got {dt}")
+        if n_threads is not None:
+            _check_count(n_threads)
+        self.num_features = int(num_features)
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.dtype = dt
+        self.n_threads = n_threads
+        self.training = True
+        C = self.num_features
+        self.weight = np.ones(C, dtype=dt) if self.affine else None
+        self.bias = np.zeros(C, dtype=dt) if self.affine and bias else None
+        if self.track_running_stats:
+            self.running_mean = np.zeros(C, dtype=dt)
+            self.running_var = np.ones(C, dtype=dt)
+            self.num_batches_tracked = np.array(0, dtype=np.int64)
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+        self.grad_weight = None
+        self.grad_bias = None
+        self._cache = None
+        self.reset_parameters()
+
+    # -- state ---------------------------------------------------------------------------
+
+    def reset_running_stats(self):
+        """Zero ``running_mean`` and ``num_batches_tracked``, fill ``running_var`` with 1.
+
+        In place; does nothing when the module does not track running statistics.
+        """
+        if self.running_mean is not None:
+            self.running_mean.fill(0)
+            self.running_var.fill(1)
+            self.num_batches_tracked.fill(0)
+
+    def reset_parameters(self):
+        """Reset the running statistics, then set ``weight`` to 1 and ``bias`` to 0."""
+        self.reset_running_stats()
+        if self.weight is not None:
+            self.weight.fill(1)
+        if self.bias is not None:
+            self.bias.fill(0)
+
+    def train(self, mode=True):
+        """Set training mode (batch statistics, running-statistics updates). Returns self."""
+        if not isinstance(mode, bool):
+            raise TypeError(f"training mode is expected to be boolean, got {type(mode).__name__}")
+        self.training = mode
+        return self
+
+    def eval(self):
+        """Set evaluation mode (running statistics are used when tracked). Returns self."""
+        return self.train(False)
+
+    def parameters(self):
+        """The learnable arrays, ``[weight, bias]`` (those that exist), as live references."""
+        return [p for p in (self.weight, self.bias) if p is not None]
+
+    def _state_items(self):
+        return [(k, getattr(self, k)) for k in
+                ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+                if getattr(self, k) is not None]
+
+    def state_dict(self):
+        """An ordered dict of live references to the state, with PyTorch's keys and order.
+
+        Keys: ``weight``, ``bias`` (when affine), ``running_mean``, ``running_var``,
+        ``num_batches_tracked`` (0-d int64; when tracking). Like PyTorch, the values share
+        memory with the module: copy them to keep a snapshot.
+        """
+        return collections.OrderedDict(self._state_items())
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy a state dict into the module's arrays (PyTorch's ``load_state_dict``).
+
+        Parameters
+        ----------
+        state_dict : mapping of str to array-like
+            NumPy arrays, torch tensors, lists or scalars; values are cast to the module's
+            dtype (``num_batches_tracked`` to int64). A checkpoint without
+            ``num_batches_tracked`` (written before it existed) loads and keeps the
+            module's current count.
+        strict : bool
+            Raise on missing or unexpected keys.
+
+        Returns
+        -------
+        IncompatibleKeys
+            Named tuple ``(missing_keys, unexpected_keys)``.
+
+        Raises
+        ------
+        RuntimeError
+            On size mismatches, and on missing/unexpected keys when ``strict``, with
+            PyTorch's wording. Nothing is modified when it raises.
+        """
+        own = collections.OrderedDict(self._state_items())
+        errors = []
+        staged = []
+        for key, target in own.items():
+            if key not in state_dict:
+                continue
+            value = _as_state_array(state_dict[key], key)
+            if value.shape != target.shape:
+                errors.append(
+                    f"size mismatch for {key}: copying a param with shape {value.shape} from "
+                    f"checkpoint, the shape in current model is {target.shape}.")
+                continue
+            try:
+                staged.append((target, value.astype(target.dtype)))
+            except (TypeError, ValueError) as exc:
+                errors.append(f"While copying the parameter named \"{key}\": {exc}")
+        missing = [k for k in own if k not in state_dict]
+        # A checkpoint without version-2 metadata may predate num_batches_tracked.
+        if "num_batches_tracked" in missing:
+            version = getattr(state_dict, "_metadata", {}).get("", {}).get("version")
+            if version is None or version < 2:
+                missing.remove("num_batches_tracked")
+        unexpected = [k for k in state_dict if k not in own]
+        if strict:
+            if unexpected:
+                errors.insert(0, "Unexpected key(s) in state_dict: "
+                              + ", ".join(f'"{k}"' for k in unexpected) + ". ")
+            if missing:
+                errors.insert(0, "Missing key(s) in state_dict: "
+                              + ", ".join(f'"{k}"' for k in missing) + ". ")
+        if errors:
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
+                + "\n\t".join(errors))
+        for target, value in staged:
+            target[...] = value
+        return _IncompatibleKeys(missing, unexpected)
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    # -- computation ---------------------------------------------------------------------
+
+    def _check_input_dim(self, input):
+        F._check_ndim(input, self._expected_ndims)
+
+    def __call__(self, input):
+        return self.forward(input)
+
+    def forward(self, input):
+        """Normalize a batch; see the class docstring for shapes, modes and errors."""
+        xdt = F._check_input(input)
+        self._check_input_dim(input)
+        C = input.shape[1]
+        nf = self.num_features
+        if C != nf:
+            if self.running_mean is not None:
+                name = "running_mean"
+            elif self.weight is not None:
+                name = "weight"
+            else:
+                name = None  # like torch: no per-channel state, any C is accepted
+            if name is not None:
+                raise ValueError(
+                    f"{name} should contain {C} elements not {nf}: input of shape "
+                    f"{input.shape} has {C} channels along axis 1, but this module has "
+                    f"num_features={nf}")
+        use_batch_stats = self.training or self.running_mean is None
+        update = (self.training and self.track_running_stats
+                  and self.running_mean is not None)
+        if use_batch_stats:
+            F._check_batch_size(input.shape)
+        eps = F._check_eps(self.eps, use_batch_stats)
+        factor = 0.0
+        if update:
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked + 1)
+            else:
+                factor = F._check_momentum(self.momentum)
+        output, save_mean, save_invstd, view, count = F._forward(
+            input, xdt, self.weight, self.bias, self.running_mean, self.running_var,
+            use_batch_stats, update, factor, eps, self.n_threads)
+        if update and count > 0:
+            self.num_batches_tracked += 1
+        if use_batch_stats:
+            self._cache = _Cache(view, xdt, input.dtype, True, save_mean, save_invstd)
+        else:
+            center = self.running_mean.astype(np.float64)
+            invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + eps)
+            self._cache = _Cache(view, xdt, input.dtype, False, center, invstd)
+        return output
+
+    def backward(self, grad_output):
+        """Back-propagate through the last forward.
+
+        Parameters
+        ----------
+        grad_output : ndarray, shape and layout of the last forward's input, float16/32/64
+            Gradient of the loss with respect to the last output.
+
+        Returns
+        -------
+        grad_input : ndarray, same shape and dtype as the last input
+            Also sets ``grad_weight`` and ``grad_bias`` (module dtype; None when the
+            module has no such parameter), overwriting earlier values.
+
+        Raises
+        ------
+        RuntimeError
+            If no forward has run yet.
+        TypeError, ValueError
+            If ``grad_output`` is not a float array of the last input's shape.
+
+        Notes
+        -----
+        After a training forward (or an evaluation forward without running statistics)
+        this is the batch-statistics gradient; after an evaluation forward with running
+        statistics these are constants: ``grad_input = grad_output * weight * invstd``.
+        The input of the forward is kept by reference, not copied: modifying it in place
+        before ``backward`` changes the gradients (PyTorch would raise instead).
+        """
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError(
+                "backward() called before forward(): there is no batch to differentiate")
+        F._check_input(grad_output, "grad_output")
+        if grad_output.shape != cache.view.shape:
+            raise ValueError(
+                f"grad_output must have the shape of the last forward's input "
+                f"{cache.view.shape}, got {grad_output.shape}")
+        grad_input, grad_weight, grad_bias = F._backward(
+            grad_output, cache.view, cache.xdt, cache.dtype, self.weight, cache.center,
+            cache.invstd, cache.training, True, self.weight is not None,
+            self.bias is not None, self.dtype, self.n_threads)
+        self.grad_weight = grad_weight
+        self.grad_bias = grad_bias
+        return grad_input
+
+
+class BatchNorm1d(_BatchNorm):
+    r"""Batch normalization over a 2-D or 3-D batch, ``torch.nn.BatchNorm1d``'s contract.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot w + b
+
+    Statistics per channel over the batch (and length) axes (Ioffe & Szegedy 2015). In
+    training the batch mean and biased variance normalise, and the running statistics are
+    updated as ``running = (1 - momentum) * running + momentum * batch`` with the
+    unbiased batch variance (``momentum=None``: cumulative average). In evaluation the
+    running statistics normalise, unless the module does not track them.
+
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels (axis 1).
+    eps : float, default 1e-5
+        Added to the variance; must be > 0 when batch statistics are used.
+    momentum : float in [0, 1] or None, default 0.1
+        Weight of the new batch (PyTorch's convention, the opposite of cs231n/Keras: see
+        :mod:`cybn.compat`). None gives the cumulative average ``1 / num_batches_tracked``.
+        Values outside [0, 1] are rejected (PyTorch accepts them).
+    affine : bool, default True
+        Learnable ``weight`` (ones) and ``bias`` (zeros).
+    track_running_stats : bool, default True
+        Keep ``running_mean`` (zeros), ``running_var`` (ones) and ``num_batches_tracked``
+        (0-d int64).
+    bias : bool, default True (keyword-only)
+        With ``affine``, whether there is a ``bias``.
+    dtype : float16, float32 (default) or float64
+        dtype of the parameters and running statistics. Inputs of any float dtype are
+        accepted; the output has the input's dtype (float16 is computed in float32).
+    n_threads : int or None
+        OpenMP threads for this module's calls; None follows :func:`cybn.set_num_threads`
+        and ``OMP_NUM_THREADS``.
+
+    Attributes
+    ----------
+    weight, bias : ndarray of shape (C,) or None
+    running_mean, running_var : ndarray of shape (C,) or None
+    num_batches_tracked : ndarray of shape (), int64, or None
+    grad_weight, grad_bias : ndarray of shape (C,) or None
+        Set by :meth:`backward`.
+    training : bool
+
+    Raises
+    ------
+    ValueError
+        From ``forward``: input not 2-D/3-D ("expected 2D or 3D input (got 1D input)"),
+        a channel count other than ``num_features``, one value per channel in training,
+        ``eps`` out of range. Nothing (parameters, running statistics,
+        ``num_batches_tracked``) changes when a call raises.
+    TypeError
+        From ``forward``: input that is not a float16/32/64 NumPy array.
+
+    Examples
+    --------
+    >>> import numpy as np, cybn
+    >>> m = cybn.BatchNorm1d(3)
+    >>> y = m(np.array([[1., 2., 3.], [3., 6., 9.]], dtype=np.float32))
+    >>> np.round(y, 4)
+    array([[-1., -1., -1.],
+           [ 1.,  1.,  1.]], dtype=float32)
+    >>> np.round(m.running_mean, 4)
+    array([0.2, 0.4, 0.6], dtype=float32)
+    """
+
+    _expected_ndims = (2, 3)

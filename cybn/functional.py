@@ -1,0 +1,457 @@
+"""Functional batch normalization on NumPy arrays, with PyTorch's semantics.
+
+The three functions mirror ``torch.nn.functional.batch_norm``,
+``torch.ops.aten.native_batch_norm`` and ``torch.ops.aten.native_batch_norm_backward``.
+Statistics are taken over every axis but the channel axis (axis 1): axis 0 of an (N, C)
+array, axes 0 and 2 of an (N, C, L) array, ``n = N * L`` values per channel
+(Ioffe & Szegedy 2015, "Batch Normalization", Algorithm 1 and section 3.1).
+
+This module validates, resolves dtypes and layouts and allocates; the arithmetic is done by
+the compiled kernels in ``cybn._kernels``.
+
+dtype policy
+------------
+* The input may be float16, float32 or float64. float32 and float64 are computed natively;
+  float16 is computed in float32 and returned as float16. Sums are accumulated in float64.
+* Per-channel arrays (weight, bias, running statistics) may be float16, float32 or float64
+  and need not match the input: a float64 batch works with float32 parameters.
+* ``save_mean`` and ``save_invstd`` are float64 arrays: cybn keeps the statistics it hands
+  to the backward pass at full precision (PyTorch returns them in the input's dtype).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _kernels
+from ._layout import as_ncl
+from ._threads import effective_n_threads
+
+__all__ = ["batch_norm", "batch_norm_forward", "batch_norm_backward"]
+
+_F16 = np.dtype(np.float16)
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+# input or parameter dtype -> dtype the kernels compute and store in
+_COMPUTE = {_F16: _F32, _F32: _F32, _F64: _F64}
+_CNAME = {_F32: "float", _F64: "double"}
+_EMPTY = np.empty(0, dtype=np.float64)
+_EMPTY.flags.writeable = False
+
+
+def _specialise(kernel, n_types):
+    # Index the fused-type specialisations once: Cython's runtime dispatch on every call
+    # would cost microseconds, which is most of the budget for small batches.
+    sigs = kernel.__signatures__
+    if n_types == 1:
+        return {dt: sigs[name] for dt, name in _CNAME.items()}
+    return {(dx, dp): sigs[f"{nx}|{npar}"]
+            for dx, nx in _CNAME.items() for dp, npar in _CNAME.items()}
+
+
+_FORWARD_TRAINING = _specialise(_kernels.forward_training, 2)
+_FORWARD_INFERENCE = _specialise(_kernels.forward_inference, 2)
+_BACKWARD_TRAINING = _specialise(_kernels.backward_training, 2)
+_BACKWARD_INFERENCE = _specialise(_kernels.backward_inference, 2)
+_UPDATE_RUNNING_STATS = _specialise(_kernels.update_running_stats, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# validation helpers
+
+def _check_input(x, name="input"):
+    """Return the compute dtype of an input array, or raise TypeError."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{name} must be a NumPy array of float16, float32 or float64, "
+            f"got {type(x).__module__}.{type(x).__qualname__}")
+    try:
+        return _COMPUTE[x.dtype]
+    except KeyError:
+        raise TypeError(
+            f"{name} must have dtype float16, float32 or float64, got {x.dtype}") from None
+
+
+def _check_ndim(x, ndims, name="input"):
+    if x.ndim not in ndims:
+        expected = " or ".join(f"{d}D" for d in ndims)
+        raise ValueError(f"expected {expected} {name} (got {x.ndim}D {name})")
+
+
+def _check_channels(a, name, C):
+    """Check that a per-channel array is 1-D with C elements (None passes)."""
+    if a is None:
+        return
+    _check_input(a, name)
+    if a.ndim != 1 or a.shape[0] != C:
+        raise ValueError(
+            f"{name} should contain {C} elements not {a.size} "
+            f"(the input has {C} channels along axis 1; {name} has shape {a.shape})")
+
+
+def _check_batch_size(shape):
+    # torch's _verify_batch_size: the number of values per channel is prod(shape) / C
+    n = 1
+    for i, s in enumerate(shape):
+        if i != 1:
+            n *= s
+    if n == 1:
+        raise ValueError(
+            "Expected more than 1 value per channel when training, "
+            f"got input size {tuple(shape)}")
+
+
+def _check_eps(eps, training):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    if training and not eps > 0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if not training and not eps >= 0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    return float(eps)
+
+
+def _check_momentum(momentum):
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(
+            f"momentum must be a real number in [0, 1], got {type(momentum).__name__}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    return float(momentum)
+
+
+def _check_writeable(a, name):
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is updated in place and must be writeable, "
+                         "got a read-only array")
+
+
+def _param_dtype(*arrays):
+    """The dtype per-channel arrays are handed to the kernels in."""
+    for a in arrays:
+        if a is not None:
+            return _COMPUTE[a.dtype]
+    return None
+
+
+def _as_param(a, pdt):
+    if a is None or (a.dtype == pdt and a.flags.c_contiguous):
+        return a
+    return np.ascontiguousarray(a, dtype=pdt)
+
+
+def _prepare_out(out, shape, dtype, view, xdt, other):
+    """Validate ``out`` and return (buf3, res).
+
+    ``buf3`` is the (A, C, B) array of dtype ``xdt`` the kernel writes; ``res`` views it in
+    the input's shape (it is ``out`` itself when ``out`` can be written directly).
+    Hand both to :func:`_deliver` after the kernel ran.
+    """
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a NumPy array or None, got {type(out).__name__}")
+        if out.dtype != dtype:
+            raise TypeError(f"out must have dtype {dtype}, got {out.dtype}")
+        if out.shape != shape:
+            raise ValueError(f"out must have shape {shape}, got {out.shape}")
+        _check_writeable(out, "out")
+        if np.may_share_memory(out, other):
+            raise ValueError("out must not overlap the input arrays")
+    if out is None or dtype != xdt:
+        return view.empty_like()
+    t = out if view.perm is None else out.transpose(view.perm)
+    if not t.flags.c_contiguous:
+        raise ValueError(
+            "out must have the same memory layout as the input (contiguous in the same "
+            "axis order); pass out=None to get a new array in the input's layout")
+    return t.reshape(view.data.shape), out
+
+
+def _deliver(res, out, dtype):
+    """The array to return once the kernel has filled ``res`` (see _prepare_out)."""
+    if out is None:
+        return res if res.dtype == dtype else res.astype(dtype)
+    if res is not out:
+        np.copyto(out, res, casting="same_kind")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# the shared core (used by the module classes too)
+
+def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stats,
+             update_stats, factor, eps, n_threads, out=None, axis=1, unbiased=True):
+    """Validated forward. Returns (output, save_mean, save_invstd, view, count).
+
+    Per-channel arrays must already be checked for shape; ``update_stats`` asks for the
+    running statistics to be updated in place with ``factor`` (after every step that can
+    fail, so a failing call changes nothing), with the unbiased batch variance unless
+    ``unbiased`` is False.
+    """
+    x = input if input.dtype == xdt else input.astype(xdt)
+    view = as_ncl(x, axis)
+    x3 = view.data
+    A, C, B = x3.shape
+    count = A * B
+    out3, res = _prepare_out(out, input.shape, input.dtype, view, xdt, input)
+    nt = effective_n_threads(n_threads)
+    pdt = _param_dtype(weight, bias, running_mean, running_var) or xdt
+    w = _as_param(weight, pdt)
+    b = _as_param(bias, pdt)
+    if use_batch_stats:
+        save_mean = np.zeros(C)
+        save_invstd = np.empty(C)
+        save_var = np.zeros(C)
+        if count == 0:
+            save_invstd.fill(1.0 / np.sqrt(eps))
+        else:
+            _FORWARD_TRAINING[xdt, pdt](x3, w, b, eps, out3, save_mean, save_invstd,
+                                        save_var, nt)
+        if update_stats and count > 0:
+            # count > 1: one value per channel is rejected before any work in training
+            var_scale = count / (count - 1) if unbiased else 1.0
+            _update_running_stats(running_mean, running_var, save_mean, save_var,
+                                  var_scale, factor)
+    else:
+        _FORWARD_INFERENCE[xdt, pdt](x3, w, b, _as_param(running_mean, pdt),
+                                     _as_param(running_var, pdt), eps, out3, nt)
+        save_mean = save_invstd = _EMPTY
+    return _deliver(res, out, input.dtype), save_mean, save_invstd, view, count
+
+
+def _update_running_stats(running_mean, running_var, mean, var, var_scale, factor):
+    """In-place running-statistics update; the batch variance is multiplied by var_scale."""
+    pdt = _COMPUTE[running_mean.dtype]
+    rm = _as_param(running_mean, pdt)
+    rv = _as_param(running_var, pdt)
+    _UPDATE_RUNNING_STATS[pdt](rm, rv, mean, var, float(var_scale), float(factor))
+    if rm is not running_mean:
+        running_mean[...] = rm
+    if rv is not running_var:
+        running_var[...] = rv
+
+
+def _backward(grad_output, view, xdt, dtype, weight, center, invstd, training, need_input,
+              need_weight, need_bias, gdt, n_threads, out=None):
+    """Validated backward on the (A, C, B) view of the forward's input (of dtype ``dtype``).
+
+    Returns (grad_input or None, grad_weight or None, grad_bias or None).
+    """
+    x3 = view.data
+    C = x3.shape[1]
+    dy = grad_output if grad_output.dtype == xdt else grad_output.astype(xdt)
+    dy3 = view.adopt(dy)
+    pdt = _COMPUTE[weight.dtype] if weight is not None else (gdt or xdt)
+    w = _as_param(weight, pdt)
+    gi3 = res = None
+    if need_input:
+        gi3, res = _prepare_out(out, view.shape, dtype, view, xdt, grad_output)
+    gw = np.empty(C, dtype=pdt) if need_weight else None
+    gb = np.empty(C, dtype=pdt) if need_bias else None
+    nt = effective_n_threads(n_threads)
+    kernel = _BACKWARD_TRAINING if training else _BACKWARD_INFERENCE
+    kernel[xdt, pdt](dy3, x3, w, center, invstd, gi3, gw, gb, nt)
+    result = _deliver(res, out, dtype) if need_input else None
+    if gdt is not None and gdt != pdt:
+        gw = None if gw is None else gw.astype(gdt)
+        gb = None if gb is None else gb.astype(gdt)
+    return result, gw, gb
+
+
+# ---------------------------------------------------------------------------------------
+# public functions
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, n_threads=None):
+    r"""Batch normalization over axis 1, ``torch.nn.functional.batch_norm``'s contract.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot w + b
+
+    In training (or when no running statistics are given) the mean and the biased variance
+    of the batch are used; when ``training`` and running statistics are given, these are
+    updated in place: ``running = (1 - momentum) * running + momentum * batch`` with the
+    unbiased batch variance. In evaluation the running statistics are used.
+
+    Parameters
+    ----------
+    input : ndarray of shape (N, C) or (N, C, L) (any ndim >= 2), float16/32/64
+        The batch; channels on axis 1. Any memory layout; never modified.
+    running_mean, running_var : ndarray of shape (C,) or None
+        Running statistics, float16/32/64, updated in place when ``training``.
+        Required when ``training`` is False.
+    weight, bias : ndarray of shape (C,) or None
+        Affine parameters (1 and 0 when None).
+    training : bool
+        Use batch statistics (and update the running ones).
+    momentum : float in [0, 1]
+        Weight of the new batch in the running-statistics update (PyTorch convention).
+    eps : float
+        Added to the variance; must be > 0 in training, >= 0 in evaluation.
+    n_threads : int or None
+        OpenMP threads; see :func:`cybn.set_num_threads`.
+
+    Returns
+    -------
+    output : ndarray, same shape and dtype as ``input``
+        In the input's memory layout when the input is contiguous in some axis order.
+
+    Raises
+    ------
+    TypeError
+        If ``input`` or a per-channel array is not a float16/32/64 NumPy array, or
+        ``momentum``/``eps`` is not a real number.
+    ValueError
+        If ``input`` has fewer than 2 dimensions, a per-channel array does not have C
+        elements, only one running statistic is given in training, running statistics are
+        missing in evaluation, there is one value per channel in training, ``eps`` is out
+        of range, or ``momentum`` is outside [0, 1].
+    """
+    return batch_norm_forward(input, weight, bias, running_mean, running_var, training,
+                              momentum, eps, n_threads=n_threads)[0]
+
+
+def _check_forward_args(input, weight, bias, running_mean, running_var, training, momentum,
+                        eps):
+    xdt = _check_input(input)
+    if input.ndim < 2:
+        raise ValueError(
+            f"expected at least 2D input (got {input.ndim}D input): "
+            "shape (N, C) or (N, C, L) with channels on axis 1")
+    C = input.shape[1]
+    for name, a in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        _check_channels(a, name, C)
+    training = bool(training)
+    if training:
+        if (running_mean is None) != (running_var is None):
+            raise ValueError("running_mean and running_var must either both be None or "
+                             "neither be None")
+        _check_batch_size(input.shape)
+        if running_mean is not None:
+            momentum = _check_momentum(momentum)
+            _check_writeable(running_mean, "running_mean")
+            _check_writeable(running_var, "running_var")
+    elif running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var must be defined in evaluation mode "
+                         "(training=False)")
+    eps = _check_eps(eps, training)
+    return xdt, training, momentum, eps
+
+
+def batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum,
+                       eps, *, out=None, n_threads=None):
+    """Batch-norm forward returning the statistics backward needs (``native_batch_norm``).
+
+    Parameters
+    ----------
+    input, weight, bias, running_mean, running_var, training, momentum, eps, n_threads
+        As in :func:`batch_norm`.
+    out : ndarray or None
+        Where to write the output: same shape, dtype and memory layout as ``input``, not
+        overlapping it.
+
+    Returns
+    -------
+    output : ndarray, same shape and dtype as ``input``
+    save_mean : ndarray of shape (C,), float64
+        Batch mean in training; shape (0,) in evaluation (as PyTorch).
+    save_invstd : ndarray of shape (C,), float64
+        ``1 / sqrt(biased batch variance + eps)`` in training; shape (0,) in evaluation.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`batch_norm`; also when ``out`` has the wrong type, dtype, shape or
+        layout, is read-only, or overlaps ``input``.
+    """
+    xdt, training, momentum, eps = _check_forward_args(
+        input, weight, bias, running_mean, running_var, training, momentum, eps)
+    update = training and running_mean is not None
+    output, save_mean, save_invstd, _, _ = _forward(
+        input, xdt, weight, bias, running_mean, running_var, training, update, momentum,
+        eps, n_threads, out=out)
+    return output, save_mean, save_invstd
+
+
+def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, training=True,
+                        running_mean=None, running_var=None, eps=1e-5, out=None,
+                        n_threads=None):
+    r"""Gradients of batch norm (``native_batch_norm_backward``).
+
+    With :math:`\hat x = (x - \mu)\,\sigma^{-1}` and sums over every axis but axis 1
+    (:math:`n` values per channel), in training:
+
+    .. math::
+        \partial b = \sum dy,\quad \partial w = \sum dy\,\hat x,\quad
+        dx = \frac{w\,\sigma^{-1}}{n}\Big(n\,dy - \sum dy - \hat x \sum dy\,\hat x\Big)
+
+    In evaluation the running statistics are constants: ``dx = dy * w / sqrt(rv + eps)``,
+    ``grad_weight = sum(dy * (x - rm) / sqrt(rv + eps))``, ``grad_bias = sum(dy)``.
+
+    Parameters
+    ----------
+    grad_output : ndarray, same shape as ``input``, float16/32/64
+        Gradient of the loss with respect to the output.
+    input : ndarray of shape (N, C) or (N, C, L), float16/32/64
+        The forward's input.
+    weight : ndarray of shape (C,) or None
+        Affine weight (1 when None).
+    save_mean, save_invstd : ndarray of shape (C,)
+        From :func:`batch_norm_forward` in training; ignored in evaluation.
+    training : bool
+        Which formula to use.
+    running_mean, running_var : ndarray of shape (C,) or None
+        Required when ``training`` is False.
+    eps : float
+        As in the forward (evaluation only).
+    out : ndarray or None
+        Where to write grad_input (same rules as the forward's ``out``).
+    n_threads : int or None
+        OpenMP threads.
+
+    Returns
+    -------
+    grad_input : ndarray, same shape and dtype as ``input``
+    grad_weight, grad_bias : ndarray of shape (C,)
+        In ``weight``'s dtype, or the input's compute dtype when ``weight`` is None.
+
+    Raises
+    ------
+    TypeError
+        If an array is not a float16/32/64 NumPy array.
+    ValueError
+        If shapes disagree, or statistics needed by the chosen formula are missing.
+    """
+    xdt = _check_input(input)
+    _check_input(grad_output, "grad_output")
+    if input.ndim < 2:
+        raise ValueError(f"expected at least 2D input (got {input.ndim}D input)")
+    if grad_output.shape != input.shape:
+        raise ValueError(f"grad_output must have the input's shape {input.shape}, "
+                         f"got {grad_output.shape}")
+    C = input.shape[1]
+    _check_channels(weight, "weight", C)
+    training = bool(training)
+    if training:
+        _check_channels(save_mean, "save_mean", C)
+        _check_channels(save_invstd, "save_invstd", C)
+        if save_mean is None or save_invstd is None:
+            raise ValueError("save_mean and save_invstd are required when training=True")
+        center = np.ascontiguousarray(save_mean, dtype=np.float64)
+        invstd = np.ascontiguousarray(save_invstd, dtype=np.float64)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean and running_var are required when "
+                             "training=False")
+        _check_channels(running_mean, "running_mean", C)
+        _check_channels(running_var, "running_var", C)
+        eps = _check_eps(eps, False)
+        center = np.ascontiguousarray(running_mean, dtype=np.float64)
+        invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    x = input if input.dtype == xdt else input.astype(xdt)
+    view = as_ncl(x)
+    gdt = None if weight is not None else xdt
+    return _backward(grad_output, view, xdt, input.dtype, weight, center, invstd, training, True, True,
+                     True, gdt, n_threads, out=out)
