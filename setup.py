@@ -1,0 +1,269 @@
+"""Build script for cybn's compiled modules (project metadata lives in pyproject.toml).
+
+Every ``cybn/*.pyx`` becomes the extension module ``cybn.<stem>``, so adding a .pyx file needs
+no edit here. Cythonization happens inside ``build_ext`` (after the OpenMP probe), never at
+import time, so ``sdist`` and metadata steps neither need Cython nor leave generated C behind.
+
+OpenMP
+------
+The ``build_ext`` subclass picks candidate flags for the compiler in use and checks each one
+by compiling *and linking* (never running, so cross-compiling works) a small C file that
+``#error``s unless ``_OPENMP`` is defined and calls ``omp_get_max_threads()``:
+
+* GCC / LLVM clang: ``-fopenmp`` (compile and link);
+* MSVC: ``/openmp`` (compile only);
+* macOS: if ``CPPFLAGS``/``CFLAGS`` already mention openmp (CI exports
+  ``-Xpreprocessor -fopenmp -I<libomp>/include`` there), trust the environment and only add
+  ``-lomp`` unless ``LDFLAGS`` already has it; otherwise try ``-fopenmp`` (GCC, Homebrew LLVM)
+  and then Apple clang's ``-Xpreprocessor -fopenmp`` + ``-lomp``.
+
+If no candidate works the package is built serially. That build is complete and correct:
+Cython wraps every ``prange`` pragma in ``#ifdef _OPENMP`` and ``cybn/_openmp.pxd`` stubs the
+OpenMP runtime calls. The decision is printed loudly (``pip install -v`` shows it).
+
+Environment switches
+--------------------
+CYBN_OPENMP=0          serial build; no probe.
+CYBN_REQUIRE_OPENMP=1  a failed probe is fatal instead of falling back to a serial build.
+CYBN_DEBUG=1           Cython boundscheck, wraparound and initializedcheck on; compile with
+                       -O0 -g (MSVC: /Od). For test jobs only: never ship such a build.
+
+Rebuilds: the resolved configuration (flags, directives, Cython version, compiler) is stored in
+the build_temp directory; when it differs from the previous build in the same tree, everything
+is regenerated and recompiled, so e.g. ``CYBN_OPENMP=0 pip install .`` after a normal build
+cannot silently reuse the OpenMP objects left in ``build/``.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from glob import glob
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError, LinkError, PlatformError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Release directives, applied to every module. CYBN_DEBUG=1 overrides DEBUG_DIRECTIVES.
+COMPILER_DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+    "nonecheck": False,
+    "autotestdict": False,  # else every module grows a __test__ dict missing from the stubs
+    "freethreading_compatible": True,  # a promise: kernels are pure nogil code
+    "embedsignature": True,
+    "binding": True,
+}
+DEBUG_DIRECTIVES = {"boundscheck": True, "wraparound": True, "initializedcheck": True}
+
+# Compiled with and without OpenMP. Without it, _OPENMP is undefined and #error fires.
+OPENMP_PROBE_SOURCE = r"""
+#ifndef _OPENMP
+#error "_OPENMP is not defined: these flags do not enable OpenMP"
+#endif
+#include <omp.h>
+
+int cybn_openmp_probe(void)
+{
+    int n = 0;
+    #pragma omp parallel reduction(+:n)
+    n += 1;
+    return n + omp_get_max_threads();
+}
+"""
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _env_flag(name, default):
+    """Read a boolean environment switch; reject values that are neither true nor false."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise PlatformError(f"cybn: {name}={raw!r} is not understood; use 1 or 0")
+
+
+def _banner(message):
+    line = "=" * 78
+    print(f"\n{line}\n{message}\n{line}\n", flush=True)
+
+
+def _openmp_candidates(compiler_type):
+    """Return [(compile_args, link_args), ...] to try, most likely first."""
+    if compiler_type == "msvc":
+        return [(["/openmp"], [])]  # MSVC: compile flag only, vcomp is linked automatically
+    if sys.platform == "darwin":
+        env_flags = " ".join(os.environ.get(v, "") for v in ("CPPFLAGS", "CFLAGS"))
+        if "openmp" in env_flags:
+            # The environment carries the preprocessor flags and include dir. distutils links
+            # macOS extensions with "-undefined dynamic_lookup", so a link without the runtime
+            # would succeed anyway: make sure libomp is named.
+            link = [] if "omp" in os.environ.get("LDFLAGS", "") else ["-lomp"]
+            return [([], link)]
+        return [
+            (["-fopenmp"], ["-fopenmp"]),  # GCC or Homebrew/conda LLVM clang
+            (["-Xpreprocessor", "-fopenmp"], ["-lomp"]),  # Apple clang + libomp
+        ]
+    return [(["-fopenmp"], ["-fopenmp"])]  # GCC, LLVM clang, MinGW
+
+
+class CybnBuildExt(build_ext):
+    """build_ext that probes OpenMP, applies flags and directives, then cythonizes."""
+
+    def _probe_openmp(self, compile_args, link_args):
+        """Compile and link OPENMP_PROBE_SOURCE as a shared object; True if both succeed.
+
+        Runs inside a temporary directory with a relative source path: with an absolute path
+        distutils would nest the object file under a copy of the temporary path.
+        """
+        old_cwd = os.getcwd()
+        tmpdir = tempfile.mkdtemp(prefix="cybn-openmp-probe-")
+        try:
+            os.chdir(tmpdir)
+            with open("cybn_openmp_probe.c", "w") as f:
+                f.write(OPENMP_PROBE_SOURCE)
+            objects = self.compiler.compile(
+                ["cybn_openmp_probe.c"], output_dir=".", extra_postargs=compile_args
+            )
+            self.compiler.link_shared_object(
+                objects,
+                "cybn_openmp_probe" + (".pyd" if sys.platform == "win32" else ".so"),
+                output_dir=".",
+                extra_postargs=link_args,
+            )
+            return True
+        except (CompileError, LinkError, OSError):
+            return False
+        finally:
+            os.chdir(old_cwd)
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def _choose_openmp(self):
+        """Return (compile_args, link_args) for OpenMP, or None for a serial build."""
+        use_openmp = _env_flag("CYBN_OPENMP", True)
+        require = _env_flag("CYBN_REQUIRE_OPENMP", False)
+        if not use_openmp:
+            if require:
+                raise PlatformError(
+                    "cybn: CYBN_OPENMP=0 (serial build) contradicts CYBN_REQUIRE_OPENMP=1"
+                )
+            _banner("cybn: OpenMP DISABLED (serial build): CYBN_OPENMP=0 was set")
+            return None
+
+        tried = []
+        for compile_args, link_args in _openmp_candidates(self.compiler.compiler_type):
+            print(
+                f"cybn: probing OpenMP with compile args {compile_args}, link args {link_args}"
+                " (compiler errors below mean this candidate is unusable)",
+                flush=True,
+            )
+            if self._probe_openmp(compile_args, link_args):
+                _banner(
+                    f"cybn: OpenMP ENABLED (compile args {compile_args}, link args {link_args})"
+                )
+                return compile_args, link_args
+            tried.append(f"compile {compile_args} / link {link_args}")
+
+        reason = (
+            f"the {self.compiler.compiler_type!r} compiler could not compile and link an OpenMP"
+            f" test program with any of: {'; '.join(tried)}"
+        )
+        if require:
+            raise PlatformError(
+                f"cybn: OpenMP is required (CYBN_REQUIRE_OPENMP=1) but {reason}. Install an"
+                " OpenMP-capable compiler/runtime (GCC with libgomp; on macOS libomp, e.g. with"
+                " CPPFLAGS='-Xpreprocessor -fopenmp -I<libomp>/include' and"
+                " LDFLAGS='-L<libomp>/lib -lomp'), or unset CYBN_REQUIRE_OPENMP to accept a"
+                " serial build."
+            )
+        _banner(
+            f"cybn: OpenMP DISABLED (serial build): {reason}.\n"
+            "cybn will work but run single-threaded. Set CYBN_REQUIRE_OPENMP=1 to make this fatal."
+        )
+        return None
+
+    def _config_changed(self, config):
+        """Compare config with the one stored by the previous build in build_temp."""
+        stamp = os.path.join(self.build_temp, "cybn-build-config.json")
+        try:
+            with open(stamp) as f:
+                return json.load(f) != config
+        except (OSError, ValueError):
+            return True
+
+    def _store_config(self, config):
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(os.path.join(self.build_temp, "cybn-build-config.json"), "w") as f:
+            json.dump(config, f, indent=1, sort_keys=True)
+
+    def build_extensions(self):
+        import Cython
+        from Cython.Build import cythonize
+
+        debug = _env_flag("CYBN_DEBUG", False)
+        openmp = self._choose_openmp()
+        omp_compile, omp_link = openmp if openmp is not None else ([], [])
+
+        directives = dict(COMPILER_DIRECTIVES)
+        if self.compiler.compiler_type == "msvc":
+            opt_args = ["/Od"] if debug else ["/O2"]
+        else:
+            # Never -ffast-math (NaN/Inf semantics must follow torch) nor -march=native (wheels).
+            opt_args = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"]
+        if debug:
+            directives.update(DEBUG_DIRECTIVES)
+            _banner(
+                "cybn: DEBUG build (CYBN_DEBUG=1): boundscheck, wraparound, initializedcheck on;"
+                f" {' '.join(opt_args)}"
+            )
+
+        config = {
+            "cython": Cython.__version__,
+            "directives": directives,
+            "compile_args": opt_args + omp_compile,
+            "link_args": omp_link,
+            "compiler": getattr(self.compiler, "compiler_so", None) or self.compiler.compiler_type,
+        }
+        if self._config_changed(config):
+            self.force = True  # regenerate the C and recompile every module
+
+        for ext in self.extensions:
+            (cythonized,) = cythonize(
+                [ext],
+                compiler_directives=directives,
+                # Generated C lives in build_temp (per interpreter and platform), not in cybn/.
+                build_dir=os.path.join(self.build_temp, "cython"),
+                force=self.force,
+                quiet=False,
+            )
+            ext.sources = cythonized.sources
+            ext.extra_compile_args = [*ext.extra_compile_args, *opt_args, *omp_compile]
+            ext.extra_link_args = [*ext.extra_link_args, *omp_link]
+
+        super().build_extensions()
+        self._store_config(config)
+
+
+def _extensions():
+    sources = sorted(glob(os.path.join("cybn", "*.pyx"), root_dir=HERE))
+    if not sources:
+        raise PlatformError(f"cybn: no cybn/*.pyx found under {HERE}")
+    return [
+        Extension(f"cybn.{os.path.splitext(os.path.basename(src))[0]}", [src])
+        for src in sources
+    ]
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": CybnBuildExt})
