@@ -484,37 +484,57 @@ cdef void _affine(Py_ssize_t C, const double* invstd, const param_t[::1] weight,
         shift[c] = bias[c] if bias is not None else 0.0
 
 
+cdef void _update(Py_ssize_t C, param_t[::1] running_mean, param_t[::1] running_var,
+                  const double* batch_mean, const double* batch_var, double var_scale,
+                  double factor) noexcept nogil:
+    # running = (1 - factor) * running + factor * batch, in double
+    cdef Py_ssize_t c
+    for c in range(C):
+        running_mean[c] = <param_t>((1.0 - factor) * running_mean[c] + factor * batch_mean[c])
+        running_var[c] = <param_t>((1.0 - factor) * running_var[c]
+                                   + factor * (batch_var[c] * var_scale))
+
+
 def forward_training(const floating[:, :, ::1] x,      # IN  (N, C, L)
                      const param_t[::1] weight,        # IN  (C,) or None
                      const param_t[::1] bias,          # IN  (C,) or None
+                     param_t[::1] running_mean,        # IN/OUT (C,) or None: updated
+                     param_t[::1] running_var,         # IN/OUT (C,) or None: updated
                      double eps,
+                     double factor,                    # running-stat update weight
+                     double var_scale,                 # n/(n-1) (unbiased) or 1 (biased)
                      floating[:, :, ::1] out,          # OUT (N, C, L)
-                     double[::1] save_mean,            # OUT (C,) batch mean
-                     double[::1] save_invstd,          # OUT (C,) 1 / sqrt(biased var + eps)
-                     double[::1] save_var,             # OUT (C,) biased batch variance
+                     double[:, ::1] stats,             # OUT (3, C): mean, invstd, biased var
                      int n_threads):
     """Training forward with batch statistics (Ioffe & Szegedy 2015, PyTorch semantics).
 
-    Requires N * L >= 1. The variance is the biased one (divided by N * L).
+    ``stats`` receives the batch mean, ``1 / sqrt(var + eps)`` and the biased variance.
+    When running statistics are given they are updated last, after everything that can
+    fail, as ``(1 - factor) * running + factor * batch`` with ``var * var_scale``.
+    Requires N * L >= 1.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c
     cdef double count = <double>(N * L)
     cdef double* buf
+    cdef double* mean = &stats[0, 0]
+    cdef double* invstd = &stats[1, 0]
+    cdef double* var = &stats[2, 0]
     cdef _Plan p
     cdef int rc
     if _empty(N, C, L):
         return
     p = _make_plan(N, C, L)
-    buf = _alloc_channels(C, 3)
+    buf = _alloc_channels(C, 2)
     with nogil:
-        rc = _stats(&x[0, 0, 0], &p, n_threads, &save_mean[0], buf)
+        rc = _stats(&x[0, 0, 0], &p, n_threads, mean, var)
         if rc == 0:
             for c in range(C):
-                save_var[c] = buf[c] / count
-                save_invstd[c] = 1.0 / sqrt(save_var[c] + eps)
-            _affine(C, &save_invstd[0], weight, bias, buf + C, buf + 2 * C)
-            _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads,
-                       &save_mean[0], buf + C, buf + 2 * C)
+                var[c] = var[c] / count
+                invstd[c] = 1.0 / sqrt(var[c] + eps)
+            _affine(C, invstd, weight, bias, buf, buf + C)
+            _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads, mean, buf, buf + C)
+            if running_mean is not None:
+                _update(C, running_mean, running_var, mean, var, var_scale, factor)
     free(buf)
     if rc != 0:
         raise MemoryError()
@@ -527,21 +547,29 @@ def forward_inference(const floating[:, :, ::1] x,     # IN  (N, C, L)
                       const param_t[::1] running_var,  # IN  (C,)
                       double eps,
                       floating[:, :, ::1] out,         # OUT (N, C, L)
+                      double[:, ::1] stats,            # OUT (2, C): running mean, invstd
                       int n_threads):
-    """Inference forward: (x - running_mean) / sqrt(running_var + eps) * weight + bias."""
+    """Inference forward: (x - running_mean) / sqrt(running_var + eps) * weight + bias.
+
+    ``stats`` receives the running mean and ``1 / sqrt(running_var + eps)`` in double, the
+    constants of the inference backward.
+    """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c
+    cdef double* center = &stats[0, 0]
+    cdef double* invstd = &stats[1, 0]
     cdef double* buf
     cdef _Plan p
-    if _empty(N, C, L):
+    if C == 0:
         return
-    p = _make_plan(N, C, L)
-    buf = _alloc_channels(C, 4)
+    buf = _alloc_channels(C, 2)
     with nogil:
         for c in range(C):
-            buf[c] = running_mean[c]
-            buf[C + c] = 1.0 / sqrt(<double>running_var[c] + eps)
-        _affine(C, buf + C, weight, bias, buf + 2 * C, buf + 3 * C)
-        _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads, buf, buf + 2 * C, buf + 3 * C)
+            center[c] = running_mean[c]
+            invstd[c] = 1.0 / sqrt(<double>running_var[c] + eps)
+        if not _empty(N, C, L):
+            p = _make_plan(N, C, L)
+            _affine(C, invstd, weight, bias, buf, buf + C)
+            _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads, center, buf, buf + C)
     free(buf)
 
 
@@ -633,8 +661,7 @@ cdef int _backward(const floating[:, :, ::1] grad_output, const floating[:, :, :
 def backward_training(const floating[:, :, ::1] grad_output,  # IN  (N, C, L)
                       const floating[:, :, ::1] x,            # IN  (N, C, L)
                       const param_t[::1] weight,              # IN  (C,) or None
-                      const double[::1] save_mean,            # IN  (C,)
-                      const double[::1] save_invstd,          # IN  (C,)
+                      const double[:, ::1] stats,             # IN  (>=2, C): mean, invstd
                       floating[:, :, ::1] grad_input,         # OUT (N, C, L) or None
                       param_t[::1] grad_weight,               # OUT (C,) or None
                       param_t[::1] grad_bias,                 # OUT (C,) or None
@@ -645,35 +672,37 @@ def backward_training(const floating[:, :, ::1] grad_output,  # IN  (N, C, L)
     grad_bias = sum(dy), grad_weight = sum(dy * x_hat),
     grad_input = (dy - sum(dy)/n - (x - mean) * sum(dy * (x - mean)) * invstd^2 / n) * invstd * w.
     """
-    cdef int rc
-    if x.shape[1] == 0:
-        return
-    with nogil:
-        rc = _backward(grad_output, x, weight, &save_mean[0], &save_invstd[0], True,
-                       grad_input, grad_weight, grad_bias, n_threads)
-    if rc != 0:
-        raise MemoryError()
+    _backward_def(grad_output, x, weight, stats, True, grad_input, grad_weight, grad_bias,
+                  n_threads)
 
 
 def backward_inference(const floating[:, :, ::1] grad_output,  # IN  (N, C, L)
                        const floating[:, :, ::1] x,            # IN  (N, C, L)
                        const param_t[::1] weight,              # IN  (C,) or None
-                       const double[::1] center,               # IN  (C,) running mean
-                       const double[::1] invstd,               # IN  (C,) 1/sqrt(running_var+eps)
+                       const double[:, ::1] stats,             # IN  (2, C): center, invstd
                        floating[:, :, ::1] grad_input,         # OUT (N, C, L) or None
                        param_t[::1] grad_weight,               # OUT (C,) or None
                        param_t[::1] grad_bias,                 # OUT (C,) or None
                        int n_threads):
     """Backward with the running statistics as constants (eval mode with buffers).
 
-    grad_input = dy * w * invstd, grad_weight = sum(dy * (x - center) * invstd),
-    grad_bias = sum(dy), with center = running_mean, invstd = 1 / sqrt(running_var + eps).
+    With center = running_mean and invstd = 1 / sqrt(running_var + eps) (as written by
+    forward_inference): grad_input = dy * w * invstd,
+    grad_weight = sum(dy * (x - center) * invstd), grad_bias = sum(dy).
     """
+    _backward_def(grad_output, x, weight, stats, False, grad_input, grad_weight, grad_bias,
+                  n_threads)
+
+
+cdef _backward_def(const floating[:, :, ::1] grad_output, const floating[:, :, ::1] x,
+                   const param_t[::1] weight, const double[:, ::1] stats, bint training,
+                   floating[:, :, ::1] grad_input, param_t[::1] grad_weight,
+                   param_t[::1] grad_bias, int n_threads):
     cdef int rc
     if x.shape[1] == 0:
         return
     with nogil:
-        rc = _backward(grad_output, x, weight, &center[0], &invstd[0], False,
+        rc = _backward(grad_output, x, weight, &stats[0, 0], &stats[1, 0], training,
                        grad_input, grad_weight, grad_bias, n_threads)
     if rc != 0:
         raise MemoryError()
@@ -690,9 +719,8 @@ def update_running_stats(param_t[::1] running_mean,     # IN/OUT (C,)
     The variance entering the update is ``batch_var * var_scale``: n / (n - 1) gives
     PyTorch's unbiased update (Bessel's correction), 1 the biased one of cs231n/Keras.
     """
-    cdef Py_ssize_t c
+    if running_mean.shape[0] == 0:
+        return
     with nogil:
-        for c in range(running_mean.shape[0]):
-            running_mean[c] = <param_t>((1.0 - factor) * running_mean[c] + factor * batch_mean[c])
-            running_var[c] = <param_t>((1.0 - factor) * running_var[c]
-                                       + factor * (batch_var[c] * var_scale))
+        _update(running_mean.shape[0], running_mean, running_var, &batch_mean[0],
+                &batch_var[0], var_scale, factor)

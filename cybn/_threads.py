@@ -22,11 +22,13 @@ import os
 from ._openmp import omp_max_threads, openmp_enabled
 
 _OPENMP = openmp_enabled()
+# libgomp reads OMP_NUM_THREADS once, at load time, so a later change would not count anyway.
+_OMP_ENV = "OMP_NUM_THREADS" in os.environ
 _default: int | None = None
 _forked_child = False
 
 
-def _usable_cpus() -> int:
+def _count_usable_cpus() -> int:
     count = getattr(os, "process_cpu_count", None)
     if count is not None:
         n = count()
@@ -35,6 +37,14 @@ def _usable_cpus() -> int:
     else:
         n = os.cpu_count()
     return max(1, n or 1)
+
+
+_cpus = _count_usable_cpus()
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may use, as counted at import (or at fork, in a child)."""
+    return _cpus
 
 
 def _check_count(n_threads, name="n_threads") -> int:
@@ -78,7 +88,7 @@ def effective_n_threads(n_threads=None) -> int:
         return 1
     if n_threads is None:
         n = omp_max_threads()
-        if "OMP_NUM_THREADS" not in os.environ:
+        if not _OMP_ENV:
             n = min(n, _usable_cpus())
         return max(1, n)
     if n_threads < 0:
@@ -113,8 +123,9 @@ def get_num_threads() -> int:
 
 
 def _after_fork_in_child() -> None:
-    global _forked_child
+    global _forked_child, _cpus
     _forked_child = True
+    _cpus = _count_usable_cpus()
 
 
 if hasattr(os, "register_at_fork"):

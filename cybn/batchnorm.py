@@ -25,15 +25,14 @@ _IncompatibleKeys = collections.namedtuple("IncompatibleKeys",
 class _Cache:
     """What backward needs from the last successful forward (C-sized apart from x)."""
 
-    __slots__ = ("view", "xdt", "dtype", "training", "center", "invstd")
+    __slots__ = ("view", "xdt", "dtype", "training", "stats")
 
-    def __init__(self, view, xdt, dtype, training, center, invstd):
+    def __init__(self, view, xdt, dtype, training, stats):
         self.view = view            # (A, C, B) view of the input (a reference, not a copy)
         self.xdt = xdt              # compute dtype
         self.dtype = dtype          # the input's dtype (grad_input's dtype)
         self.training = training    # batch-statistics formula?
-        self.center = center        # float64 (C,): batch mean or running mean
-        self.invstd = invstd        # float64 (C,): 1/sqrt(var + eps)
+        self.stats = stats          # float64 (>=2, C): batch or running mean; invstd
 
 
 def _as_state_array(value, key):
@@ -251,17 +250,13 @@ class _BatchNorm:
                 factor = 1.0 / float(self.num_batches_tracked + 1)
             else:
                 factor = F._check_momentum(self.momentum)
-        output, save_mean, save_invstd, view, count = F._forward(
+        output, stats, view, count = F._forward(
             input, xdt, self.weight, self.bias, self.running_mean, self.running_var,
             use_batch_stats, update, factor, eps, self.n_threads)
         if update and count > 0:
-            self.num_batches_tracked += 1
-        if use_batch_stats:
-            self._cache = _Cache(view, xdt, input.dtype, True, save_mean, save_invstd)
-        else:
-            center = self.running_mean.astype(np.float64)
-            invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + eps)
-            self._cache = _Cache(view, xdt, input.dtype, False, center, invstd)
+            nbt = self.num_batches_tracked
+            nbt[()] = int(nbt) + 1
+        self._cache = _Cache(view, xdt, input.dtype, use_batch_stats, stats)
         return output
 
     def backward(self, grad_output):
@@ -303,9 +298,9 @@ class _BatchNorm:
                 f"grad_output must have the shape of the last forward's input "
                 f"{cache.view.shape}, got {grad_output.shape}")
         grad_input, grad_weight, grad_bias = F._backward(
-            grad_output, cache.view, cache.xdt, cache.dtype, self.weight, cache.center,
-            cache.invstd, cache.training, True, self.weight is not None,
-            self.bias is not None, self.dtype, self.n_threads)
+            grad_output, cache.view, cache.xdt, cache.dtype, self.weight, cache.stats,
+            cache.training, self.weight is not None, self.bias is not None, self.dtype,
+            self.n_threads)
         self.grad_weight = grad_weight
         self.grad_bias = grad_bias
         return grad_input

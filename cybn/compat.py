@@ -51,26 +51,22 @@ def _forward(x, gamma, beta, bn_param, ndim):
         # new arrays, as the reference implementation assigns rather than updates
         running_mean = running_mean.copy()
         running_var = running_var.copy()
-    out, save_mean, save_invstd, view, _ = F._forward(
+    out, stats, view, _ = F._forward(
         x, xdt, gamma, beta, running_mean, running_var, training, training,
         1.0 - momentum, eps, None, unbiased=False)
-    if not training:
-        save_mean = running_mean.astype(np.float64)
-        save_invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
     bn_param["running_mean"] = running_mean
     bn_param["running_var"] = running_var
-    cache = (view, xdt, x.dtype, gamma, save_mean, save_invstd, training)
+    cache = (view, xdt, x.dtype, gamma, stats, training)
     return out, cache
 
 
 def _backward(dout, cache):
-    view, xdt, dtype, gamma, save_mean, save_invstd, training = cache
+    view, xdt, dtype, gamma, stats, training = cache
     F._check_input(dout, "dout")
     if dout.shape != view.shape:
         raise ValueError(f"dout must have the shape of x {view.shape}, got {dout.shape}")
     gdt = gamma.dtype if gamma is not None else dtype
-    return F._backward(dout, view, xdt, dtype, gamma, save_mean, save_invstd, training,
-                       True, True, True, gdt, None)
+    return F._backward(dout, view, xdt, dtype, gamma, stats, training, True, True, gdt, None)
 
 
 def batchnorm_forward(x, gamma, beta, bn_param):

@@ -55,7 +55,6 @@ _FORWARD_TRAINING = _specialise(_kernels.forward_training, 2)
 _FORWARD_INFERENCE = _specialise(_kernels.forward_inference, 2)
 _BACKWARD_TRAINING = _specialise(_kernels.backward_training, 2)
 _BACKWARD_INFERENCE = _specialise(_kernels.backward_inference, 2)
-_UPDATE_RUNNING_STATS = _specialise(_kernels.update_running_stats, 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,6 +103,8 @@ def _check_batch_size(shape):
 
 
 def _check_eps(eps, training):
+    if type(eps) is float and eps > 0:  # the common case, without the slow ABC check
+        return eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
     if training and not eps > 0:
@@ -114,6 +115,8 @@ def _check_eps(eps, training):
 
 
 def _check_momentum(momentum):
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:
+        return momentum
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise TypeError(
             f"momentum must be a real number in [0, 1], got {type(momentum).__name__}")
@@ -129,7 +132,7 @@ def _check_writeable(a, name):
 
 
 def _param_dtype(*arrays):
-    """The dtype per-channel arrays are handed to the kernels in."""
+    """The dtype per-channel arrays are handed to the kernels in: the first one's."""
     for a in arrays:
         if a is not None:
             return _COMPUTE[a.dtype]
@@ -183,12 +186,13 @@ def _deliver(res, out, dtype):
 
 def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stats,
              update_stats, factor, eps, n_threads, out=None, axis=1, unbiased=True):
-    """Validated forward. Returns (output, save_mean, save_invstd, view, count).
+    """Validated forward. Returns (output, stats, view, count).
 
-    Per-channel arrays must already be checked for shape; ``update_stats`` asks for the
-    running statistics to be updated in place with ``factor`` (after every step that can
-    fail, so a failing call changes nothing), with the unbiased batch variance unless
-    ``unbiased`` is False.
+    ``stats`` is float64: (3, C) rows mean, invstd, biased variance with batch statistics;
+    (2, C) rows running mean, invstd otherwise. Per-channel arrays must already be checked
+    for shape. ``update_stats`` asks for the running statistics to be updated in place
+    with ``factor`` and the unbiased (``unbiased``) or biased batch variance; the update
+    comes after everything that can fail, so a failing call changes nothing.
     """
     x = input if input.dtype == xdt else input.astype(xdt)
     view = as_ncl(x, axis)
@@ -197,67 +201,59 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
     count = A * B
     out3, res = _prepare_out(out, input.shape, input.dtype, view, xdt, input)
     nt = effective_n_threads(n_threads)
-    pdt = _param_dtype(weight, bias, running_mean, running_var) or xdt
+    pdt = _param_dtype(running_mean, running_var, weight, bias) or xdt
     w = _as_param(weight, pdt)
     b = _as_param(bias, pdt)
-    if use_batch_stats:
-        save_mean = np.zeros(C)
-        save_invstd = np.empty(C)
-        save_var = np.zeros(C)
-        if count == 0:
-            save_invstd.fill(1.0 / np.sqrt(eps))
-        else:
-            _FORWARD_TRAINING[xdt, pdt](x3, w, b, eps, out3, save_mean, save_invstd,
-                                        save_var, nt)
-        if update_stats and count > 0:
-            # count > 1: one value per channel is rejected before any work in training
-            var_scale = count / (count - 1) if unbiased else 1.0
-            _update_running_stats(running_mean, running_var, save_mean, save_var,
-                                  var_scale, factor)
-    else:
-        _FORWARD_INFERENCE[xdt, pdt](x3, w, b, _as_param(running_mean, pdt),
-                                     _as_param(running_var, pdt), eps, out3, nt)
-        save_mean = save_invstd = _EMPTY
-    return _deliver(res, out, input.dtype), save_mean, save_invstd, view, count
-
-
-def _update_running_stats(running_mean, running_var, mean, var, var_scale, factor):
-    """In-place running-statistics update; the batch variance is multiplied by var_scale."""
-    pdt = _COMPUTE[running_mean.dtype]
     rm = _as_param(running_mean, pdt)
     rv = _as_param(running_var, pdt)
-    _UPDATE_RUNNING_STATS[pdt](rm, rv, mean, var, float(var_scale), float(factor))
-    if rm is not running_mean:
-        running_mean[...] = rm
-    if rv is not running_var:
-        running_var[...] = rv
+    if use_batch_stats:
+        stats = np.empty((3, C))
+        if count == 0:
+            stats[0] = 0.0
+            stats[1] = 1.0 / np.sqrt(eps)
+            stats[2] = 0.0
+        else:
+            # count > 1 here: one value per channel is rejected before any work in training
+            var_scale = count / (count - 1) if unbiased else 1.0
+            _FORWARD_TRAINING[xdt, pdt](x3, w, b, rm if update_stats else None,
+                                        rv if update_stats else None, eps, factor,
+                                        var_scale, out3, stats, nt)
+            if update_stats:
+                # the kernel updated copies when the caller's arrays could not be used as is
+                if rm is not running_mean:
+                    running_mean[...] = rm
+                if rv is not running_var:
+                    running_var[...] = rv
+    else:
+        stats = np.empty((2, C))
+        _FORWARD_INFERENCE[xdt, pdt](x3, w, b, rm, rv, eps, out3, stats, nt)
+    return _deliver(res, out, input.dtype), stats, view, count
 
 
-def _backward(grad_output, view, xdt, dtype, weight, center, invstd, training, need_input,
-              need_weight, need_bias, gdt, n_threads, out=None):
+def _backward(grad_output, view, xdt, dtype, weight, stats, training, need_weight,
+              need_bias, gdt, n_threads, out=None):
     """Validated backward on the (A, C, B) view of the forward's input (of dtype ``dtype``).
 
-    Returns (grad_input or None, grad_weight or None, grad_bias or None).
+    ``stats`` rows 0 and 1 are the centre (batch or running mean) and invstd, float64.
+    Returns (grad_input, grad_weight or None, grad_bias or None); the gradients of the
+    parameters are in ``gdt`` (default: weight's compute dtype, else ``xdt``).
     """
     x3 = view.data
     C = x3.shape[1]
     dy = grad_output if grad_output.dtype == xdt else grad_output.astype(xdt)
     dy3 = view.adopt(dy)
-    pdt = _COMPUTE[weight.dtype] if weight is not None else (gdt or xdt)
+    pdt = _COMPUTE[weight.dtype] if weight is not None else (gdt if gdt in _CNAME else xdt)
     w = _as_param(weight, pdt)
-    gi3 = res = None
-    if need_input:
-        gi3, res = _prepare_out(out, view.shape, dtype, view, xdt, grad_output)
+    gi3, res = _prepare_out(out, view.shape, dtype, view, xdt, grad_output)
     gw = np.empty(C, dtype=pdt) if need_weight else None
     gb = np.empty(C, dtype=pdt) if need_bias else None
     nt = effective_n_threads(n_threads)
     kernel = _BACKWARD_TRAINING if training else _BACKWARD_INFERENCE
-    kernel[xdt, pdt](dy3, x3, w, center, invstd, gi3, gw, gb, nt)
-    result = _deliver(res, out, dtype) if need_input else None
+    kernel[xdt, pdt](dy3, x3, w, stats, gi3, gw, gb, nt)
     if gdt is not None and gdt != pdt:
         gw = None if gw is None else gw.astype(gdt)
         gb = None if gb is None else gb.astype(gdt)
-    return result, gw, gb
+    return _deliver(res, out, dtype), gw, gb
 
 
 # ---------------------------------------------------------------------------------------
@@ -369,10 +365,12 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
     xdt, training, momentum, eps = _check_forward_args(
         input, weight, bias, running_mean, running_var, training, momentum, eps)
     update = training and running_mean is not None
-    output, save_mean, save_invstd, _, _ = _forward(
+    output, stats, _, _ = _forward(
         input, xdt, weight, bias, running_mean, running_var, training, update, momentum,
         eps, n_threads, out=out)
-    return output, save_mean, save_invstd
+    if not training:
+        return output, _EMPTY, _EMPTY
+    return output, stats[0], stats[1]
 
 
 def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, training=True,
@@ -439,8 +437,7 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         _check_channels(save_invstd, "save_invstd", C)
         if save_mean is None or save_invstd is None:
             raise ValueError("save_mean and save_invstd are required when training=True")
-        center = np.ascontiguousarray(save_mean, dtype=np.float64)
-        invstd = np.ascontiguousarray(save_invstd, dtype=np.float64)
+        stats = np.stack([save_mean, save_invstd]).astype(np.float64, copy=False)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("running_mean and running_var are required when "
@@ -448,10 +445,10 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         _check_channels(running_mean, "running_mean", C)
         _check_channels(running_var, "running_var", C)
         eps = _check_eps(eps, False)
-        center = np.ascontiguousarray(running_mean, dtype=np.float64)
-        invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+        stats = np.stack([running_mean.astype(np.float64),
+                          1.0 / np.sqrt(running_var.astype(np.float64) + eps)])
     x = input if input.dtype == xdt else input.astype(xdt)
     view = as_ncl(x)
     gdt = None if weight is not None else xdt
-    return _backward(grad_output, view, xdt, input.dtype, weight, center, invstd, training, True, True,
-                     True, gdt, n_threads, out=out)
+    return _backward(grad_output, view, xdt, input.dtype, weight, stats, training, True, True,
+                     gdt, n_threads, out=out)
