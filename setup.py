@@ -1,7 +1,7 @@
 """Build script for cybn's compiled modules (project metadata lives in pyproject.toml).
 
-Every ``cybn/*.pyx`` becomes the extension module ``cybn.<stem>``, so adding a .pyx file needs
-no edit here. Cythonization happens inside ``build_ext`` (after the OpenMP probe), never at
+Every ``cybn/*.pyx`` (or ``src/cybn/*.pyx``) becomes the extension module ``cybn.<stem>``, so
+adding a .pyx file needs no edit here. Cythonization happens inside ``build_ext`` (after the OpenMP probe), never at
 import time, so ``sdist`` and metadata steps neither need Cython nor leave generated C behind.
 
 OpenMP
@@ -41,11 +41,17 @@ import sys
 import tempfile
 from glob import glob
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError, LinkError, PlatformError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Where the cybn package lives: src/cybn (src layout) if that exists, else cybn/ at the project
+# root (flat layout). With the flat layout, `python -m cybn` (or `python -c "import cybn"`) run
+# from the project root imports the source tree's cybn/, which has no compiled modules, instead
+# of the installed package; the src layout avoids that. Both layouts build the same wheel.
+PKG_ROOT = "src" if os.path.isfile(os.path.join(HERE, "src", "cybn", "__init__.py")) else ""
 
 # Release directives, applied to every module. CYBN_DEBUG=1 overrides DEBUG_DIRECTIVES.
 COMPILER_DIRECTIVES = {
@@ -257,13 +263,17 @@ class CybnBuildExt(build_ext):
 
 
 def _extensions():
-    sources = sorted(glob(os.path.join("cybn", "*.pyx"), root_dir=HERE))
+    sources = sorted(glob(os.path.join(PKG_ROOT, "cybn", "*.pyx"), root_dir=HERE))
     if not sources:
-        raise PlatformError(f"cybn: no cybn/*.pyx found under {HERE}")
+        raise PlatformError(f"cybn: no {os.path.join(PKG_ROOT, 'cybn', '*.pyx')} under {HERE}")
     return [
-        Extension(f"cybn.{os.path.splitext(os.path.basename(src))[0]}", [src])
-        for src in sources
+        Extension(f"cybn.{os.path.splitext(os.path.basename(src))[0]}", [src]) for src in sources
     ]
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": CybnBuildExt})
+setup(
+    packages=find_packages(where=PKG_ROOT or ".", include=["cybn", "cybn.*"]),
+    package_dir={"": PKG_ROOT} if PKG_ROOT else {},
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": CybnBuildExt},
+)
