@@ -8,6 +8,18 @@ Cython/OpenMP kernels behind a NumPy API:
 * :mod:`cybn.compat` -- the cs231n-style ``batchnorm_forward``/``batchnorm_backward``.
 """
 
+import os as _os
+
+try:
+    from . import _kernels  # noqa: F401
+except ImportError as _exc:  # pragma: no cover - depends on how Python was started
+    raise ImportError(
+        f"cybn's compiled extensions are not in {_os.path.dirname(__file__)}. If that is the "
+        "source checkout, Python found it before the installed package because the current "
+        "directory comes first on sys.path: run from another directory, or with "
+        "`python -P` (Python >= 3.11). Otherwise reinstall cybn (pip install .)."
+    ) from _exc
+
 from . import compat, functional
 from ._openmp import openmp_enabled
 from ._threads import get_num_threads, set_num_threads

@@ -370,8 +370,9 @@ cdef int _stats(const floating* x, const _Plan* p, int n_threads,
             w_ab = n_a * n_b / n_ab
             for c in range(C):
                 delta = part_mean[s * C + c] - mean[c]
-                if delta != delta:
-                    # inf - inf: both partial means are infinite; their sum has the right sign.
+                if delta - delta != 0:
+                    # A non-finite partial mean (inf/nan data): the plain sum propagates it
+                    # like torch's sum does (inf stays inf, inf + -inf and nan give nan).
                     mean[c] = mean[c] + part_mean[s * C + c]
                 else:
                     mean[c] = mean[c] + delta * w_b

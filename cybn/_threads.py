@@ -9,9 +9,9 @@ Rules (scikit-learn's, adapted):
   and threadpoolctl limits, capped by the CPUs this process may use unless
   ``OMP_NUM_THREADS`` is set (then the user's value is taken as is);
 * a serial build always uses 1;
-* a process created by ``fork()`` uses 1 until :func:`set_num_threads` is called in it:
-  libgomp's thread pool does not survive a fork and a child that enters a parallel region
-  can hang forever.
+* a process created by ``fork()`` always uses 1: libgomp's thread pool does not survive a
+  fork, and a child that enters a parallel region after the parent had one hangs forever
+  (threads can be used again in processes started with ``spawn`` or ``forkserver``).
 """
 
 from __future__ import annotations
@@ -102,19 +102,18 @@ def set_num_threads(n_threads) -> None:
     Parameters
     ----------
     n_threads : int or None
-        As for ``n_threads`` of any cybn function. In a forked child process this also
-        re-enables threads (which are otherwise off there; see the module notes).
+        As for ``n_threads`` of any cybn function. It has no effect in a process created
+        by ``fork()``, which stays serial (see the module notes).
 
     Raises
     ------
     TypeError, ValueError
         As :func:`effective_n_threads`.
     """
-    global _default, _forked_child
+    global _default
     if n_threads is not None:
         n_threads = _check_count(n_threads)
     _default = n_threads
-    _forked_child = False
 
 
 def get_num_threads() -> int:
