@@ -23,16 +23,24 @@ except ImportError as _exc:  # pragma: no cover - depends on how Python was star
 from . import compat, functional
 from ._openmp import openmp_enabled
 from ._threads import get_num_threads, set_num_threads
-from .batchnorm import BatchNorm1d
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .fold import fold_conv, fold_linear
+from .serialization import load, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
     "compat",
+    "fold_conv",
+    "fold_linear",
     "functional",
     "get_num_threads",
+    "load",
     "openmp_enabled",
+    "save",
     "set_num_threads",
     "__version__",
 ]

@@ -506,12 +506,16 @@ def forward_training(const floating[:, :, ::1] x,      # IN  (N, C, L)
                      double var_scale,                 # n/(n-1) (unbiased) or 1 (biased)
                      floating[:, :, ::1] out,          # OUT (N, C, L)
                      double[:, ::1] stats,             # OUT (3, C): mean, invstd, biased var
+                     bint check_finite,
                      int n_threads):
     """Training forward with batch statistics (Ioffe & Szegedy 2015, PyTorch semantics).
 
     ``stats`` receives the batch mean, ``1 / sqrt(var + eps)`` and the biased variance.
     When running statistics are given they are updated last, after everything that can
     fail, as ``(1 - factor) * running + factor * batch`` with ``var * var_scale``.
+    With ``check_finite``, a batch whose statistics are not finite in some channel (NaN or
+    Inf in the data) stops after the statistics pass: ``out`` and the running statistics
+    are left untouched and the number of such channels is returned (0 otherwise).
     Requires N * L >= 1.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c
@@ -522,8 +526,9 @@ def forward_training(const floating[:, :, ::1] x,      # IN  (N, C, L)
     cdef double* var = &stats[2, 0]
     cdef _Plan p
     cdef int rc
+    cdef Py_ssize_t bad = 0
     if _empty(N, C, L):
-        return
+        return 0
     p = _make_plan(N, C, L)
     buf = _alloc_channels(C, 2)
     with nogil:
@@ -532,13 +537,17 @@ def forward_training(const floating[:, :, ::1] x,      # IN  (N, C, L)
             for c in range(C):
                 var[c] = var[c] / count
                 invstd[c] = 1.0 / sqrt(var[c] + eps)
-            _affine(C, invstd, weight, bias, buf, buf + C)
-            _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads, mean, buf, buf + C)
-            if running_mean is not None:
-                _update(C, running_mean, running_var, mean, var, var_scale, factor)
+                if check_finite and not (mean[c] - mean[c] == 0 and var[c] - var[c] == 0):
+                    bad += 1
+            if bad == 0:
+                _affine(C, invstd, weight, bias, buf, buf + C)
+                _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads, mean, buf, buf + C)
+                if running_mean is not None:
+                    _update(C, running_mean, running_var, mean, var, var_scale, factor)
     free(buf)
     if rc != 0:
         raise MemoryError()
+    return bad
 
 
 def forward_inference(const floating[:, :, ::1] x,     # IN  (N, C, L)

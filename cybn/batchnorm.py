@@ -14,7 +14,7 @@ import numpy as np
 from . import functional as F
 from ._threads import _check_count
 
-__all__ = ["BatchNorm1d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 _MODULE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -52,7 +52,8 @@ class _BatchNorm:
     _expected_ndims: tuple = ()
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, *, bias=True, dtype=np.float32, n_threads=None):
+                 track_running_stats=True, *, bias=True, dtype=np.float32, axis=1,
+                 check_finite=False, n_threads=None):
         if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
             raise TypeError(
                 f"num_features must be an int, got {type(num_features).__name__}")
@@ -71,12 +72,16 @@ class _BatchNorm:
             raise TypeError(f"dtype must be float16, float32 or float64, got {dt}")
         if n_threads is not None:
             _check_count(n_threads)
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"axis must be an int, got {type(axis).__name__}")
         self.num_features = int(num_features)
         self.eps = eps
         self.momentum = momentum
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         self.dtype = dt
+        self.axis = int(axis)
+        self.check_finite = bool(check_finite)
         self.n_threads = n_threads
         self.training = True
         C = self.num_features
@@ -205,9 +210,15 @@ class _BatchNorm:
         return _IncompatibleKeys(missing, unexpected)
 
     def extra_repr(self):
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, bias={self.bias is not None}, "
-                f"track_running_stats={self.track_running_stats}")
+        s = (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+             f"affine={self.affine}, bias={self.bias is not None}, "
+             f"track_running_stats={self.track_running_stats}")
+        # cybn's own options appear only when set, so the default repr is torch's
+        if self.axis != 1:
+            s += f", axis={self.axis}"
+        if self.check_finite:
+            s += ", check_finite=True"
+        return s
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
@@ -224,7 +235,8 @@ class _BatchNorm:
         """Normalize a batch; see the class docstring for shapes, modes and errors."""
         xdt = F._check_input(input)
         self._check_input_dim(input)
-        C = input.shape[1]
+        axis = self.axis if self.axis == 1 else F._check_axis(self.axis, input.ndim)
+        C = input.shape[axis]
         nf = self.num_features
         if C != nf:
             if self.running_mean is not None:
@@ -236,13 +248,13 @@ class _BatchNorm:
             if name is not None:
                 raise ValueError(
                     f"{name} should contain {C} elements not {nf}: input of shape "
-                    f"{input.shape} has {C} channels along axis 1, but this module has "
-                    f"num_features={nf}")
+                    f"{input.shape} has {C} channels along axis {axis}, but this module "
+                    f"has num_features={nf}")
         use_batch_stats = self.training or self.running_mean is None
         update = (self.training and self.track_running_stats
                   and self.running_mean is not None)
         if use_batch_stats:
-            F._check_batch_size(input.shape)
+            F._check_batch_size(input.shape, axis)
         eps = F._check_eps(self.eps, use_batch_stats)
         factor = 0.0
         if update:
@@ -252,7 +264,8 @@ class _BatchNorm:
                 factor = F._check_momentum(self.momentum)
         output, stats, view, count = F._forward(
             input, xdt, self.weight, self.bias, self.running_mean, self.running_var,
-            use_batch_stats, update, factor, eps, self.n_threads)
+            use_batch_stats, update, factor, eps, self.n_threads, axis=axis,
+            check_finite=self.check_finite and self.training)
         if update and count > 0:
             nbt = self.num_batches_tracked
             nbt[()] = int(nbt) + 1
@@ -337,6 +350,14 @@ class BatchNorm1d(_BatchNorm):
     dtype : float16, float32 (default) or float64
         dtype of the parameters and running statistics. Inputs of any float dtype are
         accepted; the output has the input's dtype (float16 is computed in float32).
+    axis : int, default 1 (keyword-only)
+        The channel axis; -1 takes channels-last data ((N, L, C) sequences) without a
+        transpose copy, and the output keeps the input's layout.
+    check_finite : bool, default False (keyword-only)
+        Make a training forward whose batch holds NaN or Inf raise ValueError naming the
+        channels, before any state changes, so one bad batch cannot poison the running
+        statistics. Off by default: NaN/Inf then propagate exactly as in PyTorch (the
+        channel's output and running statistics become NaN/Inf).
     n_threads : int or None
         OpenMP threads for this module's calls; None follows :func:`cybn.set_num_threads`
         and ``OMP_NUM_THREADS``.
@@ -373,3 +394,27 @@ class BatchNorm1d(_BatchNorm):
     """
 
     _expected_ndims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    r"""Batch normalization over a 4-D batch (N, C, H, W), ``torch.nn.BatchNorm2d``'s contract.
+
+    Statistics per channel over N, H and W ("spatial batch norm", Ioffe & Szegedy 2015,
+    section 3.2), computed by the same kernels as :class:`BatchNorm1d` on an (N, C, H*W)
+    view; every parameter, attribute, mode and error is as documented there, except that
+    the input must be 4-D ("expected 4D input (got 3D input)"). With ``axis=-1`` it takes
+    channels-last (N, H, W, C) images without a copy.
+    """
+
+    _expected_ndims = (4,)
+
+
+class BatchNorm3d(_BatchNorm):
+    r"""Batch normalization over a 5-D batch (N, C, D, H, W), ``torch.nn.BatchNorm3d``'s contract.
+
+    Statistics per channel over N, D, H and W, by the same kernels as :class:`BatchNorm1d`;
+    everything is as documented there, except that the input must be 5-D
+    ("expected 5D input (got 4D input)").
+    """
+
+    _expected_ndims = (5,)

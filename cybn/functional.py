@@ -79,7 +79,16 @@ def _check_ndim(x, ndims, name="input"):
         raise ValueError(f"expected {expected} {name} (got {x.ndim}D {name})")
 
 
-def _check_channels(a, name, C):
+def _check_axis(axis, ndim):
+    """Normalise a channel axis (negative counts from the end) for an ndim-D input."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for a {ndim}D input")
+    return int(axis) % ndim
+
+
+def _check_channels(a, name, C, axis=1):
     """Check that a per-channel array is 1-D with C elements (None passes)."""
     if a is None:
         return
@@ -87,14 +96,14 @@ def _check_channels(a, name, C):
     if a.ndim != 1 or a.shape[0] != C:
         raise ValueError(
             f"{name} should contain {C} elements not {a.size} "
-            f"(the input has {C} channels along axis 1; {name} has shape {a.shape})")
+            f"(the input has {C} channels along axis {axis}; {name} has shape {a.shape})")
 
 
-def _check_batch_size(shape):
+def _check_batch_size(shape, axis=1):
     # torch's _verify_batch_size: the number of values per channel is prod(shape) / C
     n = 1
     for i, s in enumerate(shape):
-        if i != 1:
+        if i != axis:
             n *= s
     if n == 1:
         raise ValueError(
@@ -185,7 +194,8 @@ def _deliver(res, out, dtype):
 # the shared core (used by the module classes too)
 
 def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stats,
-             update_stats, factor, eps, n_threads, out=None, axis=1, unbiased=True):
+             update_stats, factor, eps, n_threads, out=None, axis=1, unbiased=True,
+             check_finite=False):
     """Validated forward. Returns (output, stats, view, count).
 
     ``stats`` is float64: (3, C) rows mean, invstd, biased variance with batch statistics;
@@ -193,6 +203,8 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
     for shape. ``update_stats`` asks for the running statistics to be updated in place
     with ``factor`` and the unbiased (``unbiased``) or biased batch variance; the update
     comes after everything that can fail, so a failing call changes nothing.
+    ``check_finite`` raises ValueError, before any state changes, when the batch
+    statistics of a channel are not finite (NaN or Inf in the batch).
     """
     x = input if input.dtype == xdt else input.astype(xdt)
     view = as_ncl(x, axis)
@@ -215,9 +227,14 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
         else:
             # count > 1 here: one value per channel is rejected before any work in training
             var_scale = count / (count - 1) if unbiased else 1.0
-            _FORWARD_TRAINING[xdt, pdt](x3, w, b, rm if update_stats else None,
-                                        rv if update_stats else None, eps, factor,
-                                        var_scale, out3, stats, nt)
+            bad = _FORWARD_TRAINING[xdt, pdt](x3, w, b, rm if update_stats else None,
+                                              rv if update_stats else None, eps, factor,
+                                              var_scale, out3, stats, check_finite, nt)
+            if bad:
+                channels = np.flatnonzero(~np.isfinite(stats[0]) | ~np.isfinite(stats[2]))
+                raise ValueError(
+                    f"input holds NaN or Inf in channel(s) {channels.tolist()} (axis {axis}) "
+                    "and check_finite is on: nothing was updated")
             if update_stats:
                 # the kernel updated copies when the caller's arrays could not be used as is
                 if rm is not running_mean:
@@ -260,7 +277,7 @@ def _backward(grad_output, view, xdt, dtype, weight, stats, training, need_weigh
 # public functions
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, n_threads=None):
+               momentum=0.1, eps=1e-5, *, axis=1, n_threads=None):
     r"""Batch normalization over axis 1, ``torch.nn.functional.batch_norm``'s contract.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot w + b
@@ -285,6 +302,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         Weight of the new batch in the running-statistics update (PyTorch convention).
     eps : float
         Added to the variance; must be > 0 in training, >= 0 in evaluation.
+    axis : int, default 1
+        The channel axis (negative counts from the end): -1 normalises channels-last
+        (N, ..., C) data in place of a transpose, without a copy.
     n_threads : int or None
         OpenMP threads; see :func:`cybn.set_num_threads`.
 
@@ -305,26 +325,27 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         of range, or ``momentum`` is outside [0, 1].
     """
     return batch_norm_forward(input, weight, bias, running_mean, running_var, training,
-                              momentum, eps, n_threads=n_threads)[0]
+                              momentum, eps, axis=axis, n_threads=n_threads)[0]
 
 
 def _check_forward_args(input, weight, bias, running_mean, running_var, training, momentum,
-                        eps):
+                        eps, axis):
     xdt = _check_input(input)
     if input.ndim < 2:
         raise ValueError(
             f"expected at least 2D input (got {input.ndim}D input): "
             "shape (N, C) or (N, C, L) with channels on axis 1")
-    C = input.shape[1]
+    axis = _check_axis(axis, input.ndim)
+    C = input.shape[axis]
     for name, a in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
-        _check_channels(a, name, C)
+        _check_channels(a, name, C, axis)
     training = bool(training)
     if training:
         if (running_mean is None) != (running_var is None):
             raise ValueError("running_mean and running_var must either both be None or "
                              "neither be None")
-        _check_batch_size(input.shape)
+        _check_batch_size(input.shape, axis)
         if running_mean is not None:
             momentum = _check_momentum(momentum)
             _check_writeable(running_mean, "running_mean")
@@ -333,16 +354,16 @@ def _check_forward_args(input, weight, bias, running_mean, running_var, training
         raise ValueError("running_mean and running_var must be defined in evaluation mode "
                          "(training=False)")
     eps = _check_eps(eps, training)
-    return xdt, training, momentum, eps
+    return xdt, training, momentum, eps, axis
 
 
 def batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum,
-                       eps, *, out=None, n_threads=None):
+                       eps, *, out=None, axis=1, n_threads=None):
     """Batch-norm forward returning the statistics backward needs (``native_batch_norm``).
 
     Parameters
     ----------
-    input, weight, bias, running_mean, running_var, training, momentum, eps, n_threads
+    input, weight, bias, running_mean, running_var, training, momentum, eps, axis, n_threads
         As in :func:`batch_norm`.
     out : ndarray or None
         Where to write the output: same shape, dtype and memory layout as ``input``, not
@@ -362,19 +383,19 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
         As :func:`batch_norm`; also when ``out`` has the wrong type, dtype, shape or
         layout, is read-only, or overlaps ``input``.
     """
-    xdt, training, momentum, eps = _check_forward_args(
-        input, weight, bias, running_mean, running_var, training, momentum, eps)
+    xdt, training, momentum, eps, axis = _check_forward_args(
+        input, weight, bias, running_mean, running_var, training, momentum, eps, axis)
     update = training and running_mean is not None
     output, stats, _, _ = _forward(
         input, xdt, weight, bias, running_mean, running_var, training, update, momentum,
-        eps, n_threads, out=out)
+        eps, n_threads, out=out, axis=axis)
     if not training:
         return output, _EMPTY, _EMPTY
     return output, stats[0], stats[1]
 
 
 def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, training=True,
-                        running_mean=None, running_var=None, eps=1e-5, out=None,
+                        running_mean=None, running_var=None, eps=1e-5, out=None, axis=1,
                         n_threads=None):
     r"""Gradients of batch norm (``native_batch_norm_backward``).
 
@@ -406,6 +427,8 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         As in the forward (evaluation only).
     out : ndarray or None
         Where to write grad_input (same rules as the forward's ``out``).
+    axis : int, default 1
+        The channel axis, as in the forward.
     n_threads : int or None
         OpenMP threads.
 
@@ -429,12 +452,13 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
     if grad_output.shape != input.shape:
         raise ValueError(f"grad_output must have the input's shape {input.shape}, "
                          f"got {grad_output.shape}")
-    C = input.shape[1]
-    _check_channels(weight, "weight", C)
+    axis = _check_axis(axis, input.ndim)
+    C = input.shape[axis]
+    _check_channels(weight, "weight", C, axis)
     training = bool(training)
     if training:
-        _check_channels(save_mean, "save_mean", C)
-        _check_channels(save_invstd, "save_invstd", C)
+        _check_channels(save_mean, "save_mean", C, axis)
+        _check_channels(save_invstd, "save_invstd", C, axis)
         if save_mean is None or save_invstd is None:
             raise ValueError("save_mean and save_invstd are required when training=True")
         stats = np.stack([save_mean, save_invstd]).astype(np.float64, copy=False)
@@ -442,13 +466,13 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         if running_mean is None or running_var is None:
             raise ValueError("running_mean and running_var are required when "
                              "training=False")
-        _check_channels(running_mean, "running_mean", C)
-        _check_channels(running_var, "running_var", C)
+        _check_channels(running_mean, "running_mean", C, axis)
+        _check_channels(running_var, "running_var", C, axis)
         eps = _check_eps(eps, False)
         stats = np.stack([running_mean.astype(np.float64),
                           1.0 / np.sqrt(running_var.astype(np.float64) + eps)])
     x = input if input.dtype == xdt else input.astype(xdt)
-    view = as_ncl(x)
+    view = as_ncl(x, axis)
     gdt = None if weight is not None else xdt
     return _backward(grad_output, view, xdt, input.dtype, weight, stats, training, True, True,
                      gdt, n_threads, out=out)
