@@ -23,6 +23,7 @@ except ImportError as _exc:  # pragma: no cover - depends on how Python was star
 from . import compat, functional
 from ._openmp import openmp_enabled
 from ._threads import get_num_threads, set_num_threads
+from ._torch_io import load_torch_state_dict
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .fold import fold_conv, fold_linear
 from .serialization import load, save
@@ -39,6 +40,7 @@ __all__ = [
     "functional",
     "get_num_threads",
     "load",
+    "load_torch_state_dict",
     "openmp_enabled",
     "save",
     "set_num_threads",

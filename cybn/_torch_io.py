@@ -1,0 +1,453 @@
+"""Read ``torch.save(model.state_dict(), path)`` files without importing torch.
+
+A PyTorch (>= 1.6) checkpoint is a zip archive::
+
+    <archive>/data.pkl      pickle of the state_dict; tensors appear as calls to
+                            torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)
+                            and storages as persistent ids
+                            ('storage', torch.FloatStorage, key, location, numel)
+    <archive>/data/<key>    raw bytes of each storage (uncompressed)
+    <archive>/byteorder     'little' or 'big' (absent in old files: little)
+
+Unpickling runs whatever a pickle names, so :func:`load_torch_state_dict` uses an
+unpickler whose ``find_class`` knows only the handful of globals a plain state_dict
+refers to (see ``_Unpickler._GLOBALS``) and maps each to a function or marker object
+defined *here*; nothing is ever imported by name and any other global raises
+:class:`UnsafeCheckpointError`. Every size, stride and offset is checked against the
+storage record before a view is taken, and every tensor is copied out of its storage,
+so the arrays own their memory and never alias each other or the file.
+
+Notes
+-----
+Pickle opcodes other than globals need no allowlist: without a global a pickle can
+only build str/bytes/numbers/tuples/lists/dicts/sets. The objects it can reach
+through the allowed globals are ``collections.OrderedDict`` (calling it or setting
+instance attributes -- which is how ``state_dict._metadata`` arrives -- runs no code
+of the file's choosing), the rebuild callables below (slotted instances: ``BUILD``
+cannot give them attributes; they are read-only) and NumPy arrays (``ndarray.__setstate__``
+requires a real ``np.dtype``, which no allowed global produces, and NumPy's attribute
+setters are memory-safe for any caller: shape/strides are checked against the buffer,
+changes to or from object dtype are refused).
+"""
+
+import collections
+import math
+import os
+import pickle
+import zipfile
+import zlib
+
+import numpy as np
+
+__all__ = ["TorchCheckpointError", "UnsafeCheckpointError", "load_torch_state_dict"]
+
+
+class TorchCheckpointError(ValueError):
+    """The file is not a readable ``torch.save`` state_dict (bad zip, missing record, ...)."""
+
+
+class UnsafeCheckpointError(TorchCheckpointError, pickle.UnpicklingError):
+    """The pickle refers to a global outside the allowlist (possibly a malicious file)."""
+
+
+class _Frozen:
+    """Slotted and read-only: pickle's BUILD (``__dict__`` update or ``setattr``) must not
+    alter the markers and storages the allowed globals hand to the file."""
+
+    __slots__ = ()
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    __delattr__ = __setattr__
+
+
+# -- dtypes --------------------------------------------------------------------------------
+
+class _DType(_Frozen):
+    """A torch element type: its NumPy storage dtype (little-endian) and the result dtype."""
+
+    __slots__ = ("name", "result", "storage")
+
+    def __init__(self, name, storage, result=None):
+        # torch's name ('float32'), how the bytes are laid out, the returned dtype
+        super().__init__(name=name, storage=np.dtype(storage),
+                         result=np.dtype(result or storage))
+
+    def __repr__(self):
+        return f"torch.{self.name}"
+
+
+_F32 = _DType("float32", "<f4")
+_F64 = _DType("float64", "<f8")
+_F16 = _DType("float16", "<f2")
+_BF16 = _DType("bfloat16", "<u2", np.float32)  # NumPy has no bfloat16: widened, exactly
+_I64 = _DType("int64", "<i8")
+_I32 = _DType("int32", "<i4")
+_I16 = _DType("int16", "<i2")
+_I8 = _DType("int8", "i1")
+_U8 = _DType("uint8", "u1")
+_BOOL = _DType("bool", "u1", np.bool_)        # any non-zero byte is True
+_C64 = _DType("complex64", "<c8")
+_C128 = _DType("complex128", "<c16")
+_U16 = _DType("uint16", "<u2")
+_U32 = _DType("uint32", "<u4")
+_U64 = _DType("uint64", "<u8")
+
+# torch dtypes that can appear in a state_dict but have no NumPy equivalent.
+_UNSUPPORTED_DTYPES = frozenset(
+    ["float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+     "float8_e8m0fnu", "float4_e2m1fn_x2", "complex32", "quint8", "qint8", "qint32",
+     "quint4x2", "quint2x4", "bits1x8", "bits2x4", "bits4x2", "bits8", "bits16"]
+    + [f"uint{i}" for i in range(1, 8)] + [f"int{i}" for i in range(1, 8)])
+
+
+class _StorageType(_Frozen):
+    """Marker for ``torch.<Name>Storage`` (``dtype`` None for ``torch.storage.UntypedStorage``)."""
+
+    __slots__ = ("dtype", "name")
+
+    def __init__(self, name, dtype):
+        super().__init__(name=name, dtype=dtype)
+
+    def __repr__(self):
+        return f"torch.{self.name}"
+
+
+class _Storage(_Frozen):
+    """One loaded storage record: read-only little/big-endian bytes plus its torch type."""
+
+    __slots__ = ("data", "key", "type")
+
+    def __init__(self, key, storage_type, data):
+        # data: 1-D read-only uint8 array over the record's bytes
+        super().__init__(key=key, type=storage_type, data=data)
+
+
+class _Rebuilder(_Frozen):
+    """A callable the pickle may REDUCE (a bound method would expose its function's
+    ``__dict__`` to BUILD)."""
+
+    __slots__ = ("_fn", "_name")
+
+    def __init__(self, fn, name):
+        super().__init__(_fn=fn, _name=name)
+
+    def __call__(self, *args):
+        return self._fn(*args)
+
+    def __repr__(self):
+        return self._name
+
+
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_STORAGE_TYPES = {
+    "FloatStorage": _F32, "DoubleStorage": _F64, "HalfStorage": _F16,
+    "BFloat16Storage": _BF16, "LongStorage": _I64, "IntStorage": _I32,
+    "ShortStorage": _I16, "CharStorage": _I8, "ByteStorage": _U8, "BoolStorage": _BOOL,
+    "ComplexFloatStorage": _C64, "ComplexDoubleStorage": _C128,
+}
+# _rebuild_tensor_v3 (used by torch >= 2.3 for dtypes without a legacy storage class,
+# e.g. uint16) names the element dtype as a global such as torch.uint16.
+_TORCH_DTYPES = {d.name: d for d in (_F32, _F64, _F16, _BF16, _I64, _I32, _I16, _I8,
+                                     _U8, _BOOL, _C64, _C128, _U16, _U32, _U64)}
+
+
+# -- the unpickler --------------------------------------------------------------------------
+
+class _Unpickler(pickle.Unpickler):
+    """Restricted unpickler: allowlisted globals only, storages from the zip's records."""
+
+    def __init__(self, file, zf, prefix, path, big_endian):
+        super().__init__(file)
+        self._zf = zf
+        self._prefix = prefix
+        self._path = path
+        self._big_endian = big_endian
+        self._storages = {}
+        rebuilders = {
+            "_rebuild_tensor_v2": self._rebuild_tensor_v2,
+            "_rebuild_tensor": self._rebuild_tensor,
+            "_rebuild_tensor_v3": self._rebuild_tensor_v3,
+            "_rebuild_parameter": self._rebuild_parameter,
+        }
+        self._globals = {("torch._utils", k): _Rebuilder(v, "torch._utils." + k)
+                         for k, v in rebuilders.items()}
+        self._globals[("collections", "OrderedDict")] = collections.OrderedDict
+        for name, dtype in _STORAGE_TYPES.items():
+            self._globals[("torch", name)] = _StorageType(name, dtype)
+        self._globals[("torch.storage", "UntypedStorage")] = _StorageType(
+            "storage.UntypedStorage", None)
+        for name, dtype in _TORCH_DTYPES.items():
+            self._globals[("torch", name)] = dtype
+
+    def _error(self, message, cls=TorchCheckpointError):
+        return cls(f"{self._path}: {message}")
+
+    def find_class(self, module, name):
+        obj = self._globals.get((module, name))
+        if obj is not None:
+            return obj
+        if module == "torch" and name in _UNSUPPORTED_DTYPES:
+            raise self._error(f"a tensor has dtype torch.{name}, which has no NumPy "
+                              "equivalent; convert it in torch before saving")
+        raise self._error(
+            f"data.pkl refers to the global {module}.{name}, which is not allowed. Only "
+            "tensor/storage rebuilders and collections.OrderedDict may appear in a plain "
+            "state_dict; anything else could run code, so the file is rejected (it may be "
+            "malicious, or hold more than tensors: save model.state_dict() instead)",
+            UnsafeCheckpointError)
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5):
+            raise self._error(f"unexpected persistent id {pid!r:.80} in data.pkl")
+        typename, storage_type, key, _location, numel = pid
+        if isinstance(typename, bytes):
+            typename = typename.decode("ascii", "replace")
+        if isinstance(key, bytes):
+            key = key.decode("ascii", "replace")
+        if typename != "storage" or not isinstance(storage_type, _StorageType) \
+                or not isinstance(key, str) or not _is_int(numel) or numel < 0:
+            raise self._error(f"malformed storage reference {pid!r:.120} in data.pkl")
+        cached = self._storages.get(key)
+        if cached is not None:                 # shared storage: torch also reuses the first
+            return cached
+        itemsize = 1 if storage_type.dtype is None else storage_type.dtype.storage.itemsize
+        name = f"{self._prefix}/data/{key}"
+        try:
+            info = self._zf.getinfo(name)
+        except KeyError:
+            raise self._error(f"storage record {name!r} is missing from the archive") \
+                from None
+        if info.file_size != numel * itemsize:
+            raise self._error(
+                f"storage record {name!r} holds {info.file_size} bytes, but data.pkl "
+                f"declares {numel} elements of {itemsize} bytes")
+        try:
+            raw = self._zf.read(info)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
+                NotImplementedError) as exc:
+            raise self._error(f"cannot read storage record {name!r}: {exc}") from None
+        if len(raw) != info.file_size:
+            raise self._error(f"storage record {name!r} is truncated")
+        data = np.frombuffer(raw, dtype=np.uint8)  # read-only view of immutable bytes
+        storage = _Storage(key, storage_type, data)
+        self._storages[key] = storage
+        return storage
+
+    # -- rebuild functions (called by REDUCE with the file's arguments) --
+
+    def _rebuild_tensor_v2(self, storage, storage_offset, size, stride, requires_grad=False,
+                           backward_hooks=None, metadata=None):
+        return self._tensor(storage, storage_offset, size, stride, None)
+
+    def _rebuild_tensor(self, storage, storage_offset, size, stride):
+        return self._tensor(storage, storage_offset, size, stride, None)
+
+    def _rebuild_tensor_v3(self, storage, storage_offset, size, stride, requires_grad,
+                           backward_hooks, dtype, metadata=None):
+        if not isinstance(dtype, _DType):
+            raise self._error(f"_rebuild_tensor_v3 got dtype {dtype!r:.80}, not a torch dtype")
+        return self._tensor(storage, storage_offset, size, stride, dtype)
+
+    def _rebuild_parameter(self, data, requires_grad, backward_hooks):
+        if not isinstance(data, np.ndarray):
+            raise self._error("_rebuild_parameter expects a tensor")
+        return data
+
+    def _tensor(self, storage, offset, size, stride, dtype):
+        """Copy the (size, stride, offset) view of ``storage`` into a new array."""
+        if not isinstance(storage, _Storage):
+            raise self._error(f"a tensor's storage is {type(storage).__name__}, "
+                              "not a storage record")
+        if dtype is None:
+            dtype = storage.type.dtype
+            if dtype is None:
+                raise self._error("_rebuild_tensor_v2 on an untyped storage")
+        if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
+                and all(map(_is_int, size)) and all(map(_is_int, stride))
+                and _is_int(offset)):
+            raise self._error(f"tensor on storage {storage.key!r} has a malformed "
+                              f"size/stride/offset ({size!r:.60}, {stride!r:.60}, "
+                              f"{offset!r:.20})")
+        size, stride = tuple(size), tuple(stride)
+        if len(size) != len(stride) or any(n < 0 for n in size) \
+                or any(s < 0 for s in stride) or offset < 0 or len(size) > 64:
+            raise self._error(f"tensor on storage {storage.key!r} has an invalid "
+                              f"size {size}, stride {stride} or offset {offset}")
+        if math.prod(size) * dtype.result.itemsize > np.iinfo(np.intp).max:
+            raise self._error(f"tensor on storage {storage.key!r} has size {size}: too large "
+                              "to allocate")
+        itemsize = dtype.storage.itemsize
+        n_storage = storage.data.size // itemsize
+        if 0 in size:
+            if offset > n_storage:
+                raise self._error(f"tensor on storage {storage.key!r}: offset {offset} "
+                                  f"is past the storage's {n_storage} elements")
+            return np.empty(size, dtype=dtype.result)
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+        if last >= n_storage:
+            raise self._error(
+                f"tensor on storage {storage.key!r} (size {size}, stride {stride}, offset "
+                f"{offset}) reaches element {last}, past the storage's {n_storage} elements")
+        elements = storage.data[:n_storage * itemsize].view(
+            dtype.storage.newbyteorder(">" if self._big_endian else "<"))
+        # A length-1 axis never steps, so its (unchecked) stride is irrelevant: use 0.
+        strides = tuple(s * itemsize if n > 1 else 0 for n, s in zip(size, stride, strict=True))
+        view = np.lib.stride_tricks.as_strided(elements[offset:], shape=size, strides=strides,
+                                               writeable=False)
+        if dtype is _BOOL:
+            return view != 0
+        if dtype is _BF16:
+            # bfloat16 is the top half of a float32: widening is exact.
+            out = np.empty(size, dtype=np.float32)
+            bits = out.view(np.uint32)
+            bits[...] = view
+            bits <<= 16
+            return out
+        return view.astype(dtype.result, order="C", copy=True)
+
+
+# -- the public function ---------------------------------------------------------------------
+
+def load_torch_state_dict(path):
+    """Read a ``torch.save(model.state_dict(), path)`` file into NumPy arrays, without torch.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by ``torch.save`` in the zip format (the default since torch 1.6),
+        on any device (``location`` is ignored: everything loads to host memory).
+
+    Returns
+    -------
+    collections.OrderedDict
+        The saved dict in file order, each tensor replaced by a NumPy array that owns
+        its memory: views of one storage become separate copies (but one tensor object
+        saved under two keys stays one array under both, as with ``torch.load``).
+        dtypes map one to one (float16/32/64, int8/16/32/64, uint8/16/32/64, bool,
+        complex64/128), except **bfloat16, which becomes float32** (exactly: NumPy
+        has no bfloat16). 0-d tensors such as ``num_batches_tracked`` become 0-d arrays.
+        The dict carries torch's ``_metadata`` attribute when the file has one, so
+        :meth:`cybn.BatchNorm1d.load_state_dict` sees the version of old checkpoints.
+        Non-tensor values (e.g. ``"epoch": 3`` in a hand-made checkpoint dict, or a
+        nested state_dict) are returned as they are.
+
+    Raises
+    ------
+    UnsafeCheckpointError
+        (a ``ValueError`` and ``pickle.UnpicklingError``) when the pickle refers to any
+        global beyond tensor rebuilding, storage types and ``collections.OrderedDict``:
+        nothing named by the file is ever imported or called.
+    TorchCheckpointError
+        (a ``ValueError``) for an empty, truncated or non-zip file, a legacy (torch < 1.6)
+        or TorchScript file, a missing ``data.pkl`` or storage record, a tensor that would
+        read past its storage, or a dtype NumPy lacks (float8, quantized).
+    OSError
+        When the file cannot be opened.
+
+    Notes
+    -----
+    Safe on untrusted files in the sense of ``torch.load(weights_only=True)``: no code
+    runs and no byte outside the file is read. Memory is not bounded by the file size:
+    every tensor is a copy, and a file may declare many tensors over one storage.
+
+    Examples
+    --------
+    >>> sd = cybn.load_torch_state_dict("model.pt")            # doctest: +SKIP
+    >>> bn = cybn.BatchNorm1d(64)                               # doctest: +SKIP
+    >>> bn.load_state_dict({k[len("1."):]: v for k, v in sd.items()
+    ...                     if k.startswith("1.")})             # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise TorchCheckpointError(f"{path}: the file is empty, not a torch.save checkpoint")
+    if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+        if head[:1] == b"\x80" and _LEGACY_MAGIC in head:
+            raise TorchCheckpointError(
+                f"{path}: this is a legacy (torch < 1.6, or _use_new_zipfile_serialization="
+                "False) checkpoint, which is not supported. Convert it once with torch: "
+                "torch.save(torch.load(path, weights_only=True), new_path)")
+        raise TorchCheckpointError(
+            f"{path}: not a torch.save checkpoint (a zip archive starting with b'PK\\x03\\x04'); "
+            f"the file starts with {head[:8]!r}")
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+        raise TorchCheckpointError(f"{path}: truncated or corrupt zip archive ({exc})") \
+            from None
+    with zf:
+        return _load_from_zip(zf, path)
+
+
+def _load_from_zip(zf, path):
+    names = zf.namelist()
+    if not names or "/" not in names[0]:
+        raise TorchCheckpointError(f"{path}: the zip archive has no <archive>/data.pkl record; "
+                                   "it was not written by torch.save")
+    prefix = names[0].split("/", 1)[0]     # torch takes the archive name from the first record
+    pkl = f"{prefix}/data.pkl"
+    if f"{prefix}/constants.pkl" in names or any(n.startswith(f"{prefix}/code/")
+                                                 for n in names):
+        raise TorchCheckpointError(
+            f"{path}: this is a TorchScript archive (torch.jit.save), which is not supported; "
+            "convert it with torch.save(torch.jit.load(path).state_dict(), new_path)")
+    if pkl not in names:
+        raise TorchCheckpointError(f"{path}: the zip archive has no {pkl!r} record; "
+                                   "it was not written by torch.save")
+    big_endian = False
+    if f"{prefix}/byteorder" in names:
+        order = _read(zf, f"{prefix}/byteorder", path, limit=16)
+        if order not in (b"little", b"big"):
+            raise TorchCheckpointError(f"{path}: unknown byteorder record {order[:16]!r}")
+        big_endian = order == b"big"
+    with _open(zf, pkl, path) as f:
+        unpickler = _Unpickler(f, zf, prefix, path, big_endian)
+        try:
+            obj = unpickler.load()
+        except (TorchCheckpointError, MemoryError):
+            raise
+        except (zipfile.BadZipFile, zlib.error) as exc:
+            raise TorchCheckpointError(f"{path}: cannot read {pkl!r}: {exc}") from None
+        except RecursionError:
+            raise TorchCheckpointError(f"{path}: {pkl!r} is nested too deeply") from None
+        except Exception as exc:  # noqa: BLE001 -- a corrupt or hand-made pickle
+            raise TorchCheckpointError(
+                f"{path}: {pkl!r} is corrupt or not a state_dict pickle "
+                f"({type(exc).__name__}: {exc})") from None
+    if isinstance(obj, collections.OrderedDict):
+        return obj
+    if isinstance(obj, dict):
+        return collections.OrderedDict(obj)
+    what = "tensor" if isinstance(obj, np.ndarray) else type(obj).__name__
+    raise TorchCheckpointError(
+        f"{path}: the file holds a {what}, not a state_dict (a dict of tensors)")
+
+
+def _open(zf, name, path):
+    try:
+        return zf.open(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
+            NotImplementedError) as exc:
+        raise TorchCheckpointError(f"{path}: cannot read {name!r}: {exc}") from None
+
+
+def _read(zf, name, path, limit):
+    with _open(zf, name, path) as f:
+        try:
+            return f.read(limit)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            raise TorchCheckpointError(f"{path}: cannot read {name!r}: {exc}") from None
+
