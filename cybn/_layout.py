@@ -26,14 +26,17 @@ class NCLView:
         The original shape.
     perm : tuple of int or None
         Axis order of the original array in memory (None: already C order).
+    copied : bool
+        Whether ``data`` is a copy (the input was not contiguous in any axis order).
     """
 
-    __slots__ = ("data", "shape", "perm")
+    __slots__ = ("data", "shape", "perm", "copied")
 
-    def __init__(self, data, shape, perm):
+    def __init__(self, data, shape, perm, copied=False):
         self.data = data
         self.shape = shape
         self.perm = perm
+        self.copied = copied
 
     def empty_like(self, dtype=None):
         """A new (A, C, B) buffer and the array of the original shape that views it.
@@ -80,4 +83,4 @@ def as_ncl(x, axis=1):
         pos = perm.index(axis)
         return NCLView(t.reshape(_split(t.shape, pos)), shape, perm)
     c = np.ascontiguousarray(x)
-    return NCLView(c.reshape(_split(shape, axis)), shape, None)
+    return NCLView(c.reshape(_split(shape, axis)), shape, None, copied=True)

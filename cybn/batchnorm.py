@@ -25,12 +25,10 @@ _IncompatibleKeys = collections.namedtuple("IncompatibleKeys",
 class _Cache:
     """What backward needs from the last successful forward (C-sized apart from x)."""
 
-    __slots__ = ("view", "xdt", "dtype", "training", "stats")
+    __slots__ = ("saved", "training", "stats")
 
-    def __init__(self, view, xdt, dtype, training, stats):
-        self.view = view            # (A, C, B) view of the input (a reference, not a copy)
-        self.xdt = xdt              # compute dtype
-        self.dtype = dtype          # the input's dtype (grad_input's dtype)
+    def __init__(self, saved, training, stats):
+        self.saved = saved          # the input, by reference (F._SavedInput)
         self.training = training    # batch-statistics formula?
         self.stats = stats          # float64 (>=2, C): batch or running mean; invstd
 
@@ -262,14 +260,14 @@ class _BatchNorm:
                 factor = 1.0 / float(self.num_batches_tracked + 1)
             else:
                 factor = F._check_momentum(self.momentum)
-        output, stats, view, count = F._forward(
+        output, stats, saved, count = F._forward(
             input, xdt, self.weight, self.bias, self.running_mean, self.running_var,
             use_batch_stats, update, factor, eps, self.n_threads, axis=axis,
             check_finite=self.check_finite and self.training)
         if update and count > 0:
             nbt = self.num_batches_tracked
             nbt[()] = int(nbt) + 1
-        self._cache = _Cache(view, xdt, input.dtype, use_batch_stats, stats)
+        self._cache = _Cache(saved, use_batch_stats, stats)
         return output
 
     def backward(self, grad_output):
@@ -306,14 +304,14 @@ class _BatchNorm:
             raise RuntimeError(
                 "backward() called before forward(): there is no batch to differentiate")
         F._check_input(grad_output, "grad_output")
-        if grad_output.shape != cache.view.shape:
+        shape = cache.saved.input.shape
+        if grad_output.shape != shape:
             raise ValueError(
-                f"grad_output must have the shape of the last forward's input "
-                f"{cache.view.shape}, got {grad_output.shape}")
+                f"grad_output must have the shape of the last forward's input {shape}, "
+                f"got {grad_output.shape}")
         grad_input, grad_weight, grad_bias = F._backward(
-            grad_output, cache.view, cache.xdt, cache.dtype, self.weight, cache.stats,
-            cache.training, self.weight is not None, self.bias is not None, self.dtype,
-            self.n_threads)
+            grad_output, cache.saved, self.weight, cache.stats, cache.training,
+            self.weight is not None, self.bias is not None, self.dtype, self.n_threads)
         self.grad_weight = grad_weight
         self.grad_bias = grad_bias
         return grad_input
@@ -336,10 +334,10 @@ class BatchNorm1d(_BatchNorm):
         C, the number of channels (axis 1).
     eps : float, default 1e-5
         Added to the variance; must be > 0 when batch statistics are used.
-    momentum : float in [0, 1] or None, default 0.1
+    momentum : float or None, default 0.1
         Weight of the new batch (PyTorch's convention, the opposite of cs231n/Keras: see
         :mod:`cybn.compat`). None gives the cumulative average ``1 / num_batches_tracked``.
-        Values outside [0, 1] are rejected (PyTorch accepts them).
+        Values outside [0, 1] extrapolate, as in PyTorch; NaN/Inf are rejected.
     affine : bool, default True
         Learnable ``weight`` (ones) and ``bias`` (zeros).
     track_running_stats : bool, default True

@@ -51,22 +51,23 @@ def _forward(x, gamma, beta, bn_param, ndim):
         # new arrays, as the reference implementation assigns rather than updates
         running_mean = running_mean.copy()
         running_var = running_var.copy()
-    out, stats, view, _ = F._forward(
+    out, stats, saved, _ = F._forward(
         x, xdt, gamma, beta, running_mean, running_var, training, training,
         1.0 - momentum, eps, None, unbiased=False)
     bn_param["running_mean"] = running_mean
     bn_param["running_var"] = running_var
-    cache = (view, xdt, x.dtype, gamma, stats, training)
+    cache = (saved, gamma, stats, training)
     return out, cache
 
 
 def _backward(dout, cache):
-    view, xdt, dtype, gamma, stats, training = cache
+    saved, gamma, stats, training = cache
     F._check_input(dout, "dout")
-    if dout.shape != view.shape:
-        raise ValueError(f"dout must have the shape of x {view.shape}, got {dout.shape}")
-    gdt = gamma.dtype if gamma is not None else dtype
-    return F._backward(dout, view, xdt, dtype, gamma, stats, training, True, True, gdt, None)
+    shape = saved.input.shape
+    if dout.shape != shape:
+        raise ValueError(f"dout must have the shape of x {shape}, got {dout.shape}")
+    gdt = gamma.dtype if gamma is not None else saved.input.dtype
+    return F._backward(dout, saved, gamma, stats, training, True, True, gdt, None)
 
 
 def batchnorm_forward(x, gamma, beta, bn_param):

@@ -124,14 +124,16 @@ def _check_eps(eps, training):
 
 
 def _check_momentum(momentum):
-    if type(momentum) is float and 0.0 <= momentum <= 1.0:
+    # Like torch, values outside [0, 1] are accepted (they extrapolate); unlike torch, a
+    # non-finite momentum, which would silently turn the running statistics into NaN, is not.
+    if type(momentum) is float and momentum - momentum == 0:
         return momentum
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-        raise TypeError(
-            f"momentum must be a real number in [0, 1], got {type(momentum).__name__}")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    return float(momentum)
+        raise TypeError(f"momentum must be a real number, got {type(momentum).__name__}")
+    momentum = float(momentum)
+    if momentum - momentum != 0:
+        raise ValueError(f"momentum must be finite, got {momentum}")
+    return momentum
 
 
 def _check_writeable(a, name):
@@ -193,10 +195,34 @@ def _deliver(res, out, dtype):
 # ---------------------------------------------------------------------------------------
 # the shared core (used by the module classes too)
 
+class _SavedInput:
+    """The forward's input as backward needs it, without keeping a copy of it alive.
+
+    Holds the (A, C, B) view when it shares the input's memory; when the forward had to
+    copy (float16 input, or a layout that is not contiguous in any axis order) it holds
+    the input itself and backward makes the copy again, so a cache never pins a second
+    input-sized array.
+    """
+
+    __slots__ = ("input", "view", "xdt", "axis")
+
+    def __init__(self, input, view, xdt, axis):
+        self.input = input
+        self.view = None if (view.copied or input.dtype != xdt) else view
+        self.xdt = xdt
+        self.axis = axis
+
+    def ncl(self):
+        if self.view is not None:
+            return self.view
+        x = self.input if self.input.dtype == self.xdt else self.input.astype(self.xdt)
+        return as_ncl(x, self.axis)
+
+
 def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stats,
              update_stats, factor, eps, n_threads, out=None, axis=1, unbiased=True,
              check_finite=False):
-    """Validated forward. Returns (output, stats, view, count).
+    """Validated forward. Returns (output, stats, saved, count); saved is a _SavedInput.
 
     ``stats`` is float64: (3, C) rows mean, invstd, biased variance with batch statistics;
     (2, C) rows running mean, invstd otherwise. Per-channel arrays must already be checked
@@ -244,17 +270,20 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
     else:
         stats = np.empty((2, C))
         _FORWARD_INFERENCE[xdt, pdt](x3, w, b, rm, rv, eps, out3, stats, nt)
-    return _deliver(res, out, input.dtype), stats, view, count
+    return _deliver(res, out, input.dtype), stats, _SavedInput(input, view, xdt, axis), count
 
 
-def _backward(grad_output, view, xdt, dtype, weight, stats, training, need_weight,
-              need_bias, gdt, n_threads, out=None):
-    """Validated backward on the (A, C, B) view of the forward's input (of dtype ``dtype``).
+def _backward(grad_output, saved, weight, stats, training, need_weight, need_bias, gdt,
+              n_threads, out=None):
+    """Validated backward for the forward's input ``saved`` (a _SavedInput).
 
     ``stats`` rows 0 and 1 are the centre (batch or running mean) and invstd, float64.
     Returns (grad_input, grad_weight or None, grad_bias or None); the gradients of the
     parameters are in ``gdt`` (default: weight's compute dtype, else ``xdt``).
     """
+    view = saved.ncl()
+    xdt = saved.xdt
+    dtype = saved.input.dtype
     x3 = view.data
     C = x3.shape[1]
     dy = grad_output if grad_output.dtype == xdt else grad_output.astype(xdt)
@@ -298,8 +327,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         Affine parameters (1 and 0 when None).
     training : bool
         Use batch statistics (and update the running ones).
-    momentum : float in [0, 1]
-        Weight of the new batch in the running-statistics update (PyTorch convention).
+    momentum : float
+        Weight of the new batch in the running-statistics update (PyTorch convention);
+        usually in [0, 1], values outside extrapolate as in PyTorch; must be finite.
     eps : float
         Added to the variance; must be > 0 in training, >= 0 in evaluation.
     axis : int, default 1
@@ -322,7 +352,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         If ``input`` has fewer than 2 dimensions, a per-channel array does not have C
         elements, only one running statistic is given in training, running statistics are
         missing in evaluation, there is one value per channel in training, ``eps`` is out
-        of range, or ``momentum`` is outside [0, 1].
+        of range, or ``momentum`` is not finite.
     """
     return batch_norm_forward(input, weight, bias, running_mean, running_var, training,
                               momentum, eps, axis=axis, n_threads=n_threads)[0]
@@ -472,7 +502,7 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         stats = np.stack([running_mean.astype(np.float64),
                           1.0 / np.sqrt(running_var.astype(np.float64) + eps)])
     x = input if input.dtype == xdt else input.astype(xdt)
-    view = as_ncl(x, axis)
+    saved = _SavedInput(input, as_ncl(x, axis), xdt, axis)
     gdt = None if weight is not None else xdt
-    return _backward(grad_output, view, xdt, input.dtype, weight, stats, training, True, True,
-                     gdt, n_threads, out=out)
+    return _backward(grad_output, saved, weight, stats, training, True, True, gdt, n_threads,
+                     out=out)
