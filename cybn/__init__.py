@@ -5,7 +5,9 @@ Cython/OpenMP kernels behind a NumPy API:
 * :class:`BatchNorm1d` -- the module (train/eval forward, backward, running statistics,
   state_dict), like ``torch.nn.BatchNorm1d``;
 * :mod:`cybn.functional` -- ``batch_norm``, ``batch_norm_forward``, ``batch_norm_backward``;
-* :mod:`cybn.compat` -- the cs231n-style ``batchnorm_forward``/``batchnorm_backward``.
+* :mod:`cybn.compat` -- the cs231n-style ``batchnorm_forward``/``batchnorm_backward``;
+* :class:`SyncBatchNorm` -- batch statistics synchronised over MPI ranks (needs the
+  optional mpi4py, ``pip install "cybn[mpi]"``).
 """
 
 import os as _os
@@ -27,6 +29,7 @@ from ._torch_io import load_torch_state_dict
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .fold import fold_conv, fold_linear
 from .serialization import load, save
+from .sync import SyncBatchNorm  # imports mpi4py only when one is constructed
 
 __version__ = "0.1.0"
 
@@ -34,6 +37,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "SyncBatchNorm",
     "compat",
     "fold_conv",
     "fold_linear",

