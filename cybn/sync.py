@@ -155,8 +155,8 @@ class _SyncCache(_Cache):
 
     __slots__ = ("count",)
 
-    def __init__(self, view, xdt, dtype, stats, count):
-        super().__init__(view, xdt, dtype, True, stats)
+    def __init__(self, saved, stats, count):
+        super().__init__(saved, True, stats)
         self.count = count
 
 
@@ -353,7 +353,7 @@ class SyncBatchNorm(_BatchNorm):
     def _local_stats(self, input):
         """Validate a training input and compute its local statistics (no communication).
 
-        Returns (view, xdt, eps, factor, update, local count, mean, m2).
+        Returns (view, saved input, xdt, eps, factor, update, local count, mean, m2).
         """
         xdt = F._check_input(input)
         self._check_input_dim(input)
@@ -380,7 +380,8 @@ class SyncBatchNorm(_BatchNorm):
         mean = np.empty(C)
         m2 = np.empty(C)
         _BATCH_STATS[xdt](x3, mean, m2, effective_n_threads(self.n_threads))
-        return view, xdt, eps, factor, update, x3.shape[0] * x3.shape[2], mean, m2
+        saved = F._SavedInput(input, view, xdt, axis)
+        return view, saved, xdt, eps, factor, update, x3.shape[0] * x3.shape[2], mean, m2
 
     def forward(self, input):
         """Normalize a batch; in training, a collective call over ``comm``.
@@ -411,7 +412,8 @@ class SyncBatchNorm(_BatchNorm):
         rec = np.zeros((C + 1, 3))
         error = None
         try:
-            view, xdt, eps, factor, update, count, mean, m2 = self._local_stats(input)
+            (view, saved, xdt, eps, factor, update, count, mean,
+             m2) = self._local_stats(input)
             rec[:, 0] = count
             rec[1:, 1] = mean
             rec[1:, 2] = m2
@@ -467,7 +469,7 @@ class SyncBatchNorm(_BatchNorm):
                 rv[...] = rv_k
             nbt = self.num_batches_tracked
             nbt[()] = int(nbt) + 1
-        self._cache = _SyncCache(view, xdt, input.dtype, stats, n)
+        self._cache = _SyncCache(saved, stats, n)
         return output
 
     def backward(self, grad_output):
@@ -498,18 +500,20 @@ class SyncBatchNorm(_BatchNorm):
         cache = self._cache
         if not isinstance(cache, _SyncCache):
             return _BatchNorm.backward(self, grad_output)  # eval forward: purely local
-        view, xdt, stats = cache.view, cache.xdt, cache.stats
-        x3 = view.data
-        C = x3.shape[1]
+        saved, stats = cache.saved, cache.stats
+        xdt, dtype, shape = saved.xdt, saved.input.dtype, saved.input.shape
+        C = stats.shape[1]
         nt = effective_n_threads(self.n_threads)
         buf = np.zeros(2 * C + 1)
         error = None
         try:
             F._check_input(grad_output, "grad_output")
-            if grad_output.shape != view.shape:
+            if grad_output.shape != shape:
                 raise ValueError(
                     f"grad_output must have the shape of the last forward's input "
-                    f"{view.shape}, got {grad_output.shape}")
+                    f"{shape}, got {grad_output.shape}")
+            view = saved.ncl()  # a copy again only if the forward had to copy
+            x3 = view.data
             dy = grad_output if grad_output.dtype == xdt else grad_output.astype(xdt)
             dy3 = view.adopt(dy)
             _BACKWARD_REDUCE[xdt](dy3, x3, stats[0], buf[:C], buf[C:2 * C], nt)
@@ -528,7 +532,7 @@ class SyncBatchNorm(_BatchNorm):
                 "grad_output was invalid); nothing was changed on this rank")
         sum_dy, sum_dy_xmu = buf[:C], buf[C:2 * C]
         mean, invstd = stats[0], stats[1]
-        gi3, res = F._prepare_out(None, view.shape, cache.dtype, view, xdt, grad_output)
+        gi3, res = F._prepare_out(None, shape, dtype, view, xdt, grad_output)
         if x3.size > 0:
             scale = invstd * self.weight if self.weight is not None else invstd
             _BACKWARD_INPUT[xdt](dy3, x3, mean, sum_dy / n, sum_dy_xmu * (invstd * invstd) / n,
@@ -538,4 +542,4 @@ class SyncBatchNorm(_BatchNorm):
                             (sum_dy_xmu * invstd).astype(pdt).astype(self.dtype, copy=False))
         self.grad_bias = (None if self.bias is None else
                           sum_dy.astype(pdt).astype(self.dtype, copy=False))
-        return F._deliver(res, None, cache.dtype)
+        return F._deliver(res, None, dtype)
