@@ -1,8 +1,8 @@
 """Build script for cybn's compiled modules (project metadata lives in pyproject.toml).
 
-Every ``cybn/*.pyx`` (or ``src/cybn/*.pyx``) becomes the extension module ``cybn.<stem>``, so
-adding a .pyx file needs no edit here. Cythonization happens inside ``build_ext`` (after the OpenMP probe), never at
-import time, so ``sdist`` and metadata steps neither need Cython nor leave generated C behind.
+Every ``cybn/*.pyx`` becomes the extension module ``cybn.<stem>``, so adding a .pyx file needs no
+edit here. Cythonization happens inside ``build_ext`` (after the OpenMP probe), never at import
+time, so ``sdist`` and metadata steps neither need Cython nor leave generated C behind.
 
 OpenMP
 ------
@@ -28,6 +28,11 @@ CYBN_REQUIRE_OPENMP=1  a failed probe is fatal instead of falling back to a seri
 CYBN_DEBUG=1           Cython boundscheck, wraparound and initializedcheck on; compile with
                        -O0 -g (MSVC: /Od). For test jobs only: never ship such a build.
 
+Build record: ``build_ext`` writes the generated module ``cybn/_build_config.py`` next to the
+compiled modules (in the wheel; in the source tree only for in-place/editable builds, where git
+ignores it). ``cybn.show_config()`` prints it: OpenMP decision and flags, optimisation and debug
+flags, Cython directives, Cython and compiler versions.
+
 Rebuilds: the resolved configuration (flags, directives, Cython version, compiler) is stored in
 the build_temp directory; when it differs from the previous build in the same tree, everything
 is regenerated and recompiled, so e.g. ``CYBN_OPENMP=0 pip install .`` after a normal build
@@ -36,8 +41,11 @@ cannot silently reuse the OpenMP objects left in ``build/``.
 
 import json
 import os
+import pprint
 import shutil
+import subprocess
 import sys
+import sysconfig
 import tempfile
 from glob import glob
 
@@ -46,12 +54,6 @@ from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError, LinkError, PlatformError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-# Where the cybn package lives: src/cybn (src layout) if that exists, else cybn/ at the project
-# root (flat layout). With the flat layout, `python -m cybn` (or `python -c "import cybn"`) run
-# from the project root imports the source tree's cybn/, which has no compiled modules, instead
-# of the installed package; the src layout avoids that. Both layouts build the same wheel.
-PKG_ROOT = "src" if os.path.isfile(os.path.join(HERE, "src", "cybn", "__init__.py")) else ""
 
 # Release directives, applied to every module. CYBN_DEBUG=1 overrides DEBUG_DIRECTIVES.
 COMPILER_DIRECTIVES = {
@@ -260,20 +262,82 @@ class CybnBuildExt(build_ext):
 
         super().build_extensions()
         self._store_config(config)
+        self._write_build_record(
+            openmp=openmp is not None,
+            omp_compile=omp_compile,
+            omp_link=omp_link,
+            opt_args=opt_args,
+            debug=debug,
+            directives=directives,
+            cython_version=Cython.__version__,
+        )
+
+    def _compiler_description(self):
+        """(compiler type, executable, first line of `<cc> --version` or None)."""
+        ctype = self.compiler.compiler_type
+        exe = None
+        if ctype == "msvc":
+            exe = getattr(self.compiler, "cc", None)
+        else:
+            cmd = getattr(self.compiler, "compiler_so", None)
+            if cmd:
+                exe = cmd[0]
+        version = None
+        if exe and ctype != "msvc":
+            try:
+                out = subprocess.run(
+                    [exe, "--version"], capture_output=True, text=True, timeout=30, check=False
+                ).stdout
+                version = out.splitlines()[0].strip() if out.strip() else None
+            except (OSError, subprocess.SubprocessError):
+                version = None
+        return ctype, exe, version
+
+    def _write_build_record(self, **facts):
+        """Write cybn/_build_config.py next to the compiled modules (read by show_config)."""
+        ctype, exe, version = self._compiler_description()
+        record = {
+            "openmp": facts["openmp"],
+            "openmp_compile_args": list(facts["omp_compile"]),
+            "openmp_link_args": list(facts["omp_link"]),
+            "optimization_args": list(facts["opt_args"]),
+            "debug": facts["debug"],
+            "cython_version": facts["cython_version"],
+            "cython_directives": dict(sorted(facts["directives"].items())),
+            "compiler_type": ctype,
+            "compiler": exe,
+            "compiler_version": version,
+            "build_platform": sysconfig.get_platform(),
+            "build_python": sys.version.split()[0],
+            "environment": {
+                name: os.environ[name]
+                for name in ("CYBN_OPENMP", "CYBN_REQUIRE_OPENMP", "CYBN_DEBUG", "CC",
+                             "CFLAGS", "CPPFLAGS", "LDFLAGS", "MACOSX_DEPLOYMENT_TARGET")
+                if name in os.environ
+            },
+        }
+        target_dir = os.path.dirname(self.get_ext_fullpath("cybn._openmp"))
+        os.makedirs(target_dir, exist_ok=True)
+        path = os.path.join(target_dir, "_build_config.py")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(
+                '"""How this copy of cybn was built. Generated by setup.py: do not edit."""\n\n'
+                f"BUILD_CONFIG = {pprint.pformat(record, sort_dicts=False)}\n"
+            )
+        print(f"cybn: wrote build record {path}", flush=True)
 
 
 def _extensions():
-    sources = sorted(glob(os.path.join(PKG_ROOT, "cybn", "*.pyx"), root_dir=HERE))
+    sources = sorted(glob(os.path.join("cybn", "*.pyx"), root_dir=HERE))
     if not sources:
-        raise PlatformError(f"cybn: no {os.path.join(PKG_ROOT, 'cybn', '*.pyx')} under {HERE}")
+        raise PlatformError(f"cybn: no cybn/*.pyx under {HERE}")
     return [
         Extension(f"cybn.{os.path.splitext(os.path.basename(src))[0]}", [src]) for src in sources
     ]
 
 
 setup(
-    packages=find_packages(where=PKG_ROOT or ".", include=["cybn", "cybn.*"]),
-    package_dir={"": PKG_ROOT} if PKG_ROOT else {},
+    packages=find_packages(include=["cybn", "cybn.*"]),
     ext_modules=_extensions(),
     cmdclass={"build_ext": CybnBuildExt},
 )
