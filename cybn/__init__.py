@@ -23,6 +23,7 @@ except ImportError as _exc:  # pragma: no cover - depends on how Python was star
     ) from _exc
 
 from . import compat, functional
+from ._config import show_config
 from ._openmp import openmp_enabled
 from ._threads import get_num_threads, set_num_threads
 from ._torch_io import load_torch_state_dict
@@ -48,5 +49,6 @@ __all__ = [
     "openmp_enabled",
     "save",
     "set_num_threads",
+    "show_config",
     "__version__",
 ]
