@@ -1,0 +1,92 @@
+# Stub for cybn._kernels (compiled from cybn/_kernels.pyx): batch-norm kernels, arithmetic only.
+#
+# Private module: cybn.functional validates and prepares every argument. Data arrays are
+# C-contiguous (N, C, L) float32 or float64 arrays of one dtype; per-channel parameters and
+# running statistics are C-contiguous (C,) arrays of the module dtype (float32 or float64, may
+# differ from the data's); statistics buffers are float64. Calling these with unchecked
+# arguments is undefined behaviour. Arguments documented "or None" are optional arrays.
+
+from typing import TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+_Data: TypeAlias = npt.NDArray[np.float32] | npt.NDArray[np.float64]  # (N, C, L), C-contiguous
+_Param: TypeAlias = npt.NDArray[np.float32] | npt.NDArray[np.float64]  # (C,), module dtype
+_F64: TypeAlias = npt.NDArray[np.float64]
+
+def batch_stats(x: _Data, mean: _F64, m2: _F64, n_threads: int) -> None: ...
+def normalize(
+    x: _Data, center: _F64, scale: _F64, shift: _F64, out: _Data, n_threads: int
+) -> None: ...
+def forward_training(
+    x: _Data,
+    weight: _Param | None,
+    bias: _Param | None,
+    running_mean: _Param | None,
+    running_var: _Param | None,
+    eps: float,
+    factor: float,
+    var_scale: float,
+    out: _Data,
+    stats: _F64,
+    check_finite: bool,
+    n_threads: int,
+) -> int: ...
+def forward_inference(
+    x: _Data,
+    weight: _Param | None,
+    bias: _Param | None,
+    running_mean: _Param,
+    running_var: _Param,
+    eps: float,
+    out: _Data,
+    stats: _F64,
+    n_threads: int,
+) -> None: ...
+def backward_reduce(
+    grad_output: _Data,
+    x: _Data,
+    center: _F64,
+    sum_dy: _F64,
+    sum_dy_xmu: _F64,
+    n_threads: int,
+) -> None: ...
+def backward_input(
+    grad_output: _Data,
+    x: _Data,
+    center: _F64,
+    mean_dy: _F64 | None,
+    k: _F64 | None,
+    scale: _F64,
+    grad_input: _Data,
+    n_threads: int,
+) -> None: ...
+def backward_training(
+    grad_output: _Data,
+    x: _Data,
+    weight: _Param | None,
+    stats: _F64,
+    grad_input: _Data | None,
+    grad_weight: _Param | None,
+    grad_bias: _Param | None,
+    n_threads: int,
+) -> None: ...
+def backward_inference(
+    grad_output: _Data,
+    x: _Data,
+    weight: _Param | None,
+    stats: _F64,
+    grad_input: _Data | None,
+    grad_weight: _Param | None,
+    grad_bias: _Param | None,
+    n_threads: int,
+) -> None: ...
+def update_running_stats(
+    running_mean: _Param,
+    running_var: _Param,
+    batch_mean: _F64,
+    batch_var: _F64,
+    var_scale: float,
+    factor: float,
+) -> None: ...
