@@ -41,6 +41,10 @@ cdef enum:
     TILE_ELEMS = 65536
     # Channels per tile; also the size of the per-tile stack accumulators.
     TILE_CHANNELS = 1024
+    # Accumulators per contiguous-run reduction (_lanes_total sums exactly this many), and
+    # how many values are combined in the input's type before they are added in double.
+    LANES = 16
+    GROUP = 4
 
 
 cdef struct _Plan:
@@ -108,193 +112,283 @@ cdef inline bint _use_threads(const _Plan* p, int n_threads) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------
-# Contiguous runs (L > 1). Eight independent accumulators let the compiler vectorise a
-# double reduction without -ffast-math; their order is fixed, so results stay deterministic.
+# Contiguous runs (L > 1). LANES independent double accumulators, updated by an
+# elementwise loop over the lanes, let the compiler vectorise a reduction without
+# -ffast-math (gcc does so only for one accumulator array per loop, hence one sweep per
+# sum). Deviations, squares and products are formed, and combined GROUP at a time, in the
+# input's type (four float32 per SSE vector instead of two doubles); every such group is
+# then accumulated in double, in a fixed order (deterministic for every thread count).
+# The rows path of _tile_stats/_tile_dot combines GROUP rows the same way.
 
-cdef inline double _run_sum(const floating* x, Py_ssize_t n) noexcept nogil:
-    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0
-    cdef Py_ssize_t i = 0
-    while i + 8 <= n:
-        a0 += x[i]
-        a1 += x[i + 1]
-        a2 += x[i + 2]
-        a3 += x[i + 3]
-        a4 += x[i + 4]
-        a5 += x[i + 5]
-        a6 += x[i + 6]
-        a7 += x[i + 7]
-        i += 8
+cdef inline double _lanes_total(const double* a) noexcept nogil:
+    # a fixed pairwise order over the LANES (= 16) accumulators
+    return ((((a[0] + a[8]) + (a[4] + a[12])) + ((a[2] + a[10]) + (a[6] + a[14])))
+            + (((a[1] + a[9]) + (a[5] + a[13])) + ((a[3] + a[11]) + (a[7] + a[15]))))
+
+
+cdef inline double _run_dev(const floating* x, Py_ssize_t n, floating m,
+                            bint square) noexcept nogil:
+    """sum(x - m), or sum((x - m)^2) when `square`, over a contiguous run of n elements."""
+    cdef double total[LANES]
+    cdef const floating* q
+    cdef floating d0, d1, d2, d3
+    cdef double tail = 0, d
+    cdef Py_ssize_t i = 0, j
+    for j in range(LANES):
+        total[j] = 0
+    # Blocks of GROUP * LANES elements: lane j pairs its GROUP values in the input's type,
+    # then adds the result to its double accumulator.
+    if square:
+        while n - i >= GROUP * LANES:
+            q = x + i
+            for j in range(LANES):
+                d0 = q[j] - m
+                d1 = q[j + LANES] - m
+                d2 = q[j + 2 * LANES] - m
+                d3 = q[j + 3 * LANES] - m
+                total[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            i += GROUP * LANES
+    else:
+        while n - i >= GROUP * LANES:
+            q = x + i
+            for j in range(LANES):
+                total[j] += (((q[j] - m) + (q[j + LANES] - m))
+                             + ((q[j + 2 * LANES] - m) + (q[j + 3 * LANES] - m)))
+            i += GROUP * LANES
     while i < n:
-        a0 += x[i]
+        d = x[i] - <double>m
+        tail += d * d if square else d
         i += 1
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+    return _lanes_total(total) + tail
 
 
-cdef inline void _run_dev(const floating* x, Py_ssize_t n, double m,
-                          double* s1, double* s2) noexcept nogil:
-    # s1 += sum(x - m), s2 += sum((x - m)^2)
-    cdef double d0, d1, d2, d3
-    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0
-    cdef double b0 = 0, b1 = 0, b2 = 0, b3 = 0
-    cdef Py_ssize_t i = 0
-    while i + 4 <= n:
-        d0 = x[i] - m
-        d1 = x[i + 1] - m
-        d2 = x[i + 2] - m
-        d3 = x[i + 3] - m
-        a0 += d0
-        a1 += d1
-        a2 += d2
-        a3 += d3
-        b0 += d0 * d0
-        b1 += d1 * d1
-        b2 += d2 * d2
-        b3 += d3 * d3
-        i += 4
+cdef inline double _run_dot(const floating* dy, const floating* x, Py_ssize_t n,
+                            floating m) noexcept nogil:
+    """sum(dy * (x - m)) over a contiguous run, in the blocks of _run_dev."""
+    cdef double total[LANES]
+    cdef const floating* g
+    cdef const floating* q
+    cdef double tail = 0
+    cdef Py_ssize_t i = 0, j
+    for j in range(LANES):
+        total[j] = 0
+    while n - i >= GROUP * LANES:
+        g = dy + i
+        q = x + i
+        for j in range(LANES):
+            total[j] += ((g[j] * (q[j] - m) + g[j + LANES] * (q[j + LANES] - m))
+                         + (g[j + 2 * LANES] * (q[j + 2 * LANES] - m)
+                            + g[j + 3 * LANES] * (q[j + 3 * LANES] - m)))
+        i += GROUP * LANES
     while i < n:
-        d0 = x[i] - m
-        a0 += d0
-        b0 += d0 * d0
+        tail += dy[i] * (x[i] - <double>m)
         i += 1
-    s1[0] += (a0 + a1) + (a2 + a3)
-    s2[0] += (b0 + b1) + (b2 + b3)
-
-
-cdef inline void _run_dot(const floating* dy, const floating* x, Py_ssize_t n, double m,
-                          double* sdy, double* sdyx) noexcept nogil:
-    # sdy += sum(dy), sdyx += sum(dy * (x - m))
-    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0
-    cdef double b0 = 0, b1 = 0, b2 = 0, b3 = 0
-    cdef Py_ssize_t i = 0
-    while i + 4 <= n:
-        a0 += dy[i]
-        a1 += dy[i + 1]
-        a2 += dy[i + 2]
-        a3 += dy[i + 3]
-        b0 += dy[i] * (x[i] - m)
-        b1 += dy[i + 1] * (x[i + 1] - m)
-        b2 += dy[i + 2] * (x[i + 2] - m)
-        b3 += dy[i + 3] * (x[i + 3] - m)
-        i += 4
-    while i < n:
-        a0 += dy[i]
-        b0 += dy[i] * (x[i] - m)
-        i += 1
-    sdy[0] += (a0 + a1) + (a2 + a3)
-    sdyx[0] += (b0 + b1) + (b2 + b3)
+    return _lanes_total(total) + tail
 
 
 # ---------------------------------------------------------------------------------------
 # Per-tile work. `base` points at element (0, 0, 0); `stride_n` = C * L.
 
+cdef inline double _run_exact(const floating* x, Py_ssize_t n, double m,
+                              int kind) noexcept nogil:
+    """Double-arithmetic sum(x - m) (kind 0) or sum((x - m)^2) (kind 1): the fallback."""
+    cdef double acc = 0, d
+    cdef Py_ssize_t i
+    for i in range(n):
+        d = x[i] - m
+        acc += d * d if kind == 1 else d
+    return acc
+
+
 cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,
-                      double* part_mean, double* part_m2) noexcept nogil:
-    """Mean and M2 of each channel of tile t, written to slot row t.slot of the partials."""
+                      double* part_mean, double* part_m2, bint exact) noexcept nogil:
+    """Mean and M2 of each channel of tile t, written to slot row t.slot of the partials.
+
+    Pass 1 gives a provisional mean, rounded to the input's type as the shift m; pass 2,
+    served from cache, sums d = x - m and d^2, and mean = m + sum(d)/n,
+    M2 = sum(d^2) - sum(d)^2/n exactly for any shift (the corrected two-pass of Chan,
+    Golub & LeVeque 1983). Deviations are formed, squared and paired in the input's type
+    (exact near the mean; fast float vectors) and accumulated in double. Sums that are
+    not finite (overflow in float arithmetic, or inf/nan data) are redone with `exact`,
+    entirely in double.
+    """
     cdef _Tile tl = _tile(p, t)
     cdef Py_ssize_t nc = tl.c1 - tl.c0
     cdef Py_ssize_t run = tl.l1 - tl.l0
+    cdef Py_ssize_t C = p.C
     cdef double count = <double>((tl.n1 - tl.n0) * run)
     cdef double acc[TILE_CHANNELS]
     cdef double dev[TILE_CHANNELS]
     cdef double sq[TILE_CHANNELS]
-    cdef double* mean_out = part_mean + tl.slot * p.C + tl.c0
-    cdef double* m2_out = part_m2 + tl.slot * p.C + tl.c0
+    cdef floating shift[TILE_CHANNELS]
+    cdef double* mean_out = part_mean + tl.slot * C + tl.c0
+    cdef double* m2_out = part_m2 + tl.slot * C + tl.c0
     cdef const floating* row
+    cdef const floating* r
+    cdef floating zero = 0, d0, d1, d2, d3
     cdef double m
     cdef Py_ssize_t n, c
     for c in range(nc):
         acc[c] = 0
         dev[c] = 0
         sq[c] = 0
+    # pass 1: provisional mean
     if p.L == 1:
-        for n in range(tl.n0, tl.n1):
-            row = base + n * p.C + tl.c0
+        n = tl.n0
+        if not exact:
+            # four rows at a time: one load/store of an accumulator per four elements
+            while n + 4 <= tl.n1:
+                row = base + n * C + tl.c0
+                for c in range(nc):
+                    acc[c] += (row[c] + row[c + C]) + (row[c + 2 * C] + row[c + 3 * C])
+                n += 4
+        while n < tl.n1:
+            row = base + n * C + tl.c0
             for c in range(nc):
                 acc[c] += row[c]
-        for c in range(nc):
-            acc[c] = acc[c] / count
-        for n in range(tl.n0, tl.n1):
-            row = base + n * p.C + tl.c0
-            for c in range(nc):
-                m = row[c] - acc[c]
-                dev[c] += m
-                sq[c] += m * m
+            n += 1
     else:
         for n in range(tl.n0, tl.n1):
-            row = base + n * p.C * p.L + tl.l0
+            row = base + n * C * p.L + tl.l0
             for c in range(nc):
-                acc[c] += _run_sum(row + (tl.c0 + c) * p.L, run)
-        for c in range(nc):
-            acc[c] = acc[c] / count
-        for n in range(tl.n0, tl.n1):
-            row = base + n * p.C * p.L + tl.l0
-            for c in range(nc):
-                _run_dev(row + (tl.c0 + c) * p.L, run, acc[c], &dev[c], &sq[c])
+                r = row + (tl.c0 + c) * p.L
+                acc[c] += _run_exact(r, run, 0.0, 0) if exact else _run_dev(r, run, zero, False)
     for c in range(nc):
-        m = acc[c]
-        # Corrected two-pass: the first-pass mean is off by the mean deviation; a
-        # non-finite mean (inf/nan data) is left alone so that inf propagates like torch.
+        shift[c] = <floating>(acc[c] / count)
+    # pass 2: deviations from the shift
+    if p.L == 1:
+        n = tl.n0
+        if not exact:
+            while n + 4 <= tl.n1:
+                row = base + n * C + tl.c0
+                for c in range(nc):
+                    d0 = row[c] - shift[c]
+                    d1 = row[c + C] - shift[c]
+                    d2 = row[c + 2 * C] - shift[c]
+                    d3 = row[c + 3 * C] - shift[c]
+                    dev[c] += (d0 + d1) + (d2 + d3)
+                    sq[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+                n += 4
+        while n < tl.n1:
+            row = base + n * C + tl.c0
+            for c in range(nc):
+                m = row[c] - <double>shift[c]
+                dev[c] += m
+                sq[c] += m * m
+            n += 1
+    else:
+        for n in range(tl.n0, tl.n1):
+            row = base + n * C * p.L + tl.l0
+            for c in range(nc):
+                r = row + (tl.c0 + c) * p.L
+                if exact:
+                    dev[c] += _run_exact(r, run, shift[c], 0)
+                    sq[c] += _run_exact(r, run, shift[c], 1)
+                else:
+                    dev[c] += _run_dev(r, run, shift[c], False)
+                    sq[c] += _run_dev(r, run, shift[c], True)
+    for c in range(nc):
+        m = shift[c]
         if m - m == 0:
             mean_out[c] = m + dev[c] / count
             m2_out[c] = sq[c] - dev[c] * dev[c] / count
         else:
-            mean_out[c] = m
+            # inf/nan data: keep the plain mean so that inf propagates like torch's
+            mean_out[c] = acc[c] / count
             m2_out[c] = sq[c]
 
 
 cdef void _tile_normalize(const floating* base, floating* out, const _Plan* p, Py_ssize_t t,
-                          const double* center, const double* scale,
-                          const double* shift) noexcept nogil:
-    """out = (x - center[c]) * scale[c] + shift[c] over tile t."""
+                          const floating* prm) noexcept nogil:
+    """out = ((x - hi[c]) - lo[c]) * scale[c] + shift[c] over tile t, in the input's precision.
+
+    prm holds four per-channel rows: hi, lo, scale, shift (see _normalize).
+    """
     cdef _Tile tl = _tile(p, t)
     cdef Py_ssize_t run = tl.l1 - tl.l0
     cdef Py_ssize_t n, c, i, off
-    cdef double m, a, b
+    cdef const floating* hi = prm
+    cdef const floating* lo = prm + p.C
+    cdef const floating* sc = prm + 2 * p.C
+    cdef const floating* sh = prm + 3 * p.C
+    cdef floating mh, ml, a, b
     if p.L == 1:
         for n in range(tl.n0, tl.n1):
             off = n * p.C
             for c in range(tl.c0, tl.c1):
-                out[off + c] = <floating>((base[off + c] - center[c]) * scale[c] + shift[c])
+                out[off + c] = ((base[off + c] - hi[c]) - lo[c]) * sc[c] + sh[c]
     else:
         for n in range(tl.n0, tl.n1):
             for c in range(tl.c0, tl.c1):
                 off = (n * p.C + c) * p.L + tl.l0
-                m = center[c]
-                a = scale[c]
-                b = shift[c]
+                mh = hi[c]
+                ml = lo[c]
+                a = sc[c]
+                b = sh[c]
                 for i in range(off, off + run):
-                    out[i] = <floating>((base[i] - m) * a + b)
+                    out[i] = ((base[i] - mh) - ml) * a + b
 
 
 cdef void _tile_dot(const floating* dy, const floating* x, const _Plan* p, Py_ssize_t t,
-                    const double* center, double* part_dy, double* part_dyx) noexcept nogil:
-    """Per-channel sum(dy) and sum(dy * (x - center)) of tile t, written to its slot row."""
+                    const double* center, double* part_dy, double* part_dyx,
+                    bint exact) noexcept nogil:
+    """Per-channel sum(dy) and sum(dy * (x - center)) of tile t, written to its slot row.
+
+    As in _tile_stats, products are formed and paired in the input's type against the
+    centre rounded to it, m, accumulated in double, and corrected for the rounding:
+    sum(dy * (x - center)) = sum(dy * (x - m)) + (m - center) * sum(dy). `exact` does it
+    all in double (the fallback when a fast sum is not finite).
+    """
     cdef _Tile tl = _tile(p, t)
     cdef Py_ssize_t nc = tl.c1 - tl.c0
     cdef Py_ssize_t run = tl.l1 - tl.l0
+    cdef Py_ssize_t C = p.C
     cdef double sdy[TILE_CHANNELS]
     cdef double sdyx[TILE_CHANNELS]
-    cdef double* dy_out = part_dy + tl.slot * p.C + tl.c0
-    cdef double* dyx_out = part_dyx + tl.slot * p.C + tl.c0
-    cdef const double* cen = center + tl.c0
-    cdef Py_ssize_t n, c, off
+    cdef floating cen[TILE_CHANNELS]
+    cdef double* dy_out = part_dy + tl.slot * C + tl.c0
+    cdef double* dyx_out = part_dyx + tl.slot * C + tl.c0
+    cdef const double* center_t = center + tl.c0
+    cdef const floating* g
+    cdef const floating* v
+    cdef floating zero = 0
+    cdef Py_ssize_t n, c, off, i
     for c in range(nc):
         sdy[c] = 0
         sdyx[c] = 0
+        cen[c] = <floating>center_t[c]
     if p.L == 1:
-        for n in range(tl.n0, tl.n1):
-            off = n * p.C + tl.c0
+        n = tl.n0
+        if not exact:
+            while n + 4 <= tl.n1:
+                g = dy + n * C + tl.c0
+                v = x + n * C + tl.c0
+                for c in range(nc):
+                    sdy[c] += (g[c] + g[c + C]) + (g[c + 2 * C] + g[c + 3 * C])
+                    sdyx[c] += ((g[c] * (v[c] - cen[c]) + g[c + C] * (v[c + C] - cen[c]))
+                                + (g[c + 2 * C] * (v[c + 2 * C] - cen[c])
+                                   + g[c + 3 * C] * (v[c + 3 * C] - cen[c])))
+                n += 4
+        while n < tl.n1:
+            off = n * C + tl.c0
             for c in range(nc):
                 sdy[c] += dy[off + c]
-                sdyx[c] += dy[off + c] * (x[off + c] - cen[c])
+                sdyx[c] += dy[off + c] * (x[off + c] - <double>cen[c])
+            n += 1
     else:
         for n in range(tl.n0, tl.n1):
             for c in range(nc):
-                off = (n * p.C + tl.c0 + c) * p.L + tl.l0
-                _run_dot(dy + off, x + off, run, cen[c], &sdy[c], &sdyx[c])
+                off = (n * C + tl.c0 + c) * p.L + tl.l0
+                if exact:
+                    sdy[c] += _run_exact(dy + off, run, 0.0, 0)
+                    for i in range(off, off + run):
+                        sdyx[c] += dy[i] * (x[i] - <double>cen[c])
+                else:
+                    sdy[c] += _run_dev(dy + off, run, zero, False)
+                    sdyx[c] += _run_dot(dy + off, x + off, run, cen[c])
     for c in range(nc):
         dy_out[c] = sdy[c]
-        dyx_out[c] = sdyx[c]
+        dyx_out[c] = sdyx[c] + (<double>cen[c] - center_t[c]) * sdy[c]
 
 
 cdef void _tile_grad_input(const floating* dy, const floating* x, floating* dx,
@@ -340,6 +434,14 @@ cdef void _tile_grad_input(const floating* dy, const floating* x, floating* dx,
 # ---------------------------------------------------------------------------------------
 # Whole-array drivers (nogil). Each returns -1 when scratch memory cannot be allocated.
 
+cdef inline bint _all_finite(const double* a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double acc = 0
+    for i in range(n):
+        acc += a[i] - a[i]  # nan for inf or nan entries, else 0
+    return acc == 0
+
+
 cdef int _stats(const floating* x, const _Plan* p, int n_threads,
                 double* mean, double* m2) noexcept nogil:
     """Per-channel mean and M2 = sum((x - mean)^2) over N and L (Chan's merge in tile order)."""
@@ -349,11 +451,16 @@ cdef int _stats(const floating* x, const _Plan* p, int n_threads,
     cdef double* part_m2 = part + S * C
     cdef Py_ssize_t t, s, c, l_len, n_len
     cdef double n_a, n_b, n_ab, w_b, w_ab, delta
+    cdef bint exact = False
     if part == NULL:
         return -1
-    for t in prange(p.n_tiles, schedule='static', num_threads=n_threads,
-                    use_threads_if=_use_threads(p, n_threads)):
-        _tile_stats(x, p, t, part_mean, part_m2)
+    while True:
+        for t in prange(p.n_tiles, schedule='static', num_threads=n_threads,
+                        use_threads_if=_use_threads(p, n_threads)):
+            _tile_stats(x, p, t, part_mean, part_m2, exact)
+        if exact or _all_finite(part, 2 * S * C):
+            break
+        exact = True  # overflow in the input's type, or inf/nan data: redo in double
     for c in range(C):
         mean[c] = part_mean[c]
         m2[c] = part_m2[c]
@@ -382,13 +489,31 @@ cdef int _stats(const floating* x, const _Plan* p, int n_threads,
     return 0
 
 
-cdef void _normalize(const floating* x, floating* out, const _Plan* p, int n_threads,
-                     const double* center, const double* scale,
-                     const double* shift) noexcept nogil:
-    cdef Py_ssize_t t
+cdef int _normalize(const floating* x, floating* out, const _Plan* p, int n_threads,
+                    const double* center, const double* scale,
+                    const double* shift) noexcept nogil:
+    """out = (x - center) * scale + shift per channel, computed in the input's precision.
+
+    The centre is split into hi + lo with hi = center rounded to the input's precision:
+    x - hi is exact when x is near the centre (Sterbenz), which is where |mean| >> std
+    would otherwise cancel digits, and a constant channel (x == center) gives exactly
+    shift. Float input thus runs in float vectors, twice as wide as double ones.
+    Returns -1 when the parameter buffer cannot be allocated.
+    """
+    cdef Py_ssize_t C = p.C, t, c
+    cdef floating* prm = <floating*> malloc(4 * C * sizeof(floating))
+    if prm == NULL:
+        return -1
+    for c in range(C):
+        prm[c] = <floating>center[c]
+        prm[C + c] = <floating>(center[c] - <double>prm[c])
+        prm[2 * C + c] = <floating>scale[c]
+        prm[3 * C + c] = <floating>shift[c]
     for t in prange(p.n_tiles, schedule='static', num_threads=n_threads,
                     use_threads_if=_use_threads(p, n_threads)):
-        _tile_normalize(x, out, p, t, center, scale, shift)
+        _tile_normalize(x, out, p, t, prm)
+    free(prm)
+    return 0
 
 
 cdef int _dot(const floating* dy, const floating* x, const _Plan* p, int n_threads,
@@ -399,11 +524,16 @@ cdef int _dot(const floating* dy, const floating* x, const _Plan* p, int n_threa
     cdef double* part_dy = part
     cdef double* part_dyx = part + S * C
     cdef Py_ssize_t t, s, c
+    cdef bint exact = False
     if part == NULL:
         return -1
-    for t in prange(p.n_tiles, schedule='static', num_threads=n_threads,
-                    use_threads_if=_use_threads(p, n_threads)):
-        _tile_dot(dy, x, p, t, center, part_dy, part_dyx)
+    while True:
+        for t in prange(p.n_tiles, schedule='static', num_threads=n_threads,
+                        use_threads_if=_use_threads(p, n_threads)):
+            _tile_dot(dy, x, p, t, center, part_dy, part_dyx, exact)
+        if exact or _all_finite(part, 2 * S * C):
+            break
+        exact = True  # overflow in the input's type, or inf/nan data: redo in double
     for c in range(C):
         sum_dy[c] = 0
         sum_dyx[c] = 0
@@ -465,15 +595,18 @@ def normalize(const floating[:, :, ::1] x,     # IN  (N, C, L)
               const double[::1] shift,         # IN  (C,)
               floating[:, :, ::1] out,         # OUT (N, C, L)
               int n_threads):
-    """out = (x - center) * scale + shift, per channel, evaluated in double."""
+    """out = (x - center) * scale + shift, per channel (see _normalize for the precision)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef _Plan p
+    cdef int rc
     if _empty(N, C, L):
         return
     p = _make_plan(N, C, L)
     with nogil:
-        _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads,
-                   &center[0], &scale[0], &shift[0])
+        rc = _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads,
+                        &center[0], &scale[0], &shift[0])
+    if rc != 0:
+        raise MemoryError()
 
 
 cdef void _affine(Py_ssize_t C, const double* invstd, const param_t[::1] weight,
@@ -541,8 +674,9 @@ def forward_training(const floating[:, :, ::1] x,      # IN  (N, C, L)
                     bad += 1
             if bad == 0:
                 _affine(C, invstd, weight, bias, buf, buf + C)
-                _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads, mean, buf, buf + C)
-                if running_mean is not None:
+                rc = _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads, mean, buf,
+                                buf + C)
+                if rc == 0 and running_mean is not None:
                     _update(C, running_mean, running_var, mean, var, var_scale, factor)
     free(buf)
     if rc != 0:
@@ -569,6 +703,7 @@ def forward_inference(const floating[:, :, ::1] x,     # IN  (N, C, L)
     cdef double* invstd = &stats[1, 0]
     cdef double* buf
     cdef _Plan p
+    cdef int rc = 0
     if C == 0:
         return
     buf = _alloc_channels(C, 2)
@@ -579,8 +714,10 @@ def forward_inference(const floating[:, :, ::1] x,     # IN  (N, C, L)
         if not _empty(N, C, L):
             p = _make_plan(N, C, L)
             _affine(C, invstd, weight, bias, buf, buf + C)
-            _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads, center, buf, buf + C)
+            rc = _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads, center, buf, buf + C)
     free(buf)
+    if rc != 0:
+        raise MemoryError()
 
 
 def backward_reduce(const floating[:, :, ::1] grad_output,  # IN  (N, C, L)

@@ -120,7 +120,9 @@ def test_axis_equals_transpose_normalise_transpose_back(rng, shape, axis, dtype)
     yt, sm_t, si_t = F.batch_norm_forward(xt, w, b, rm2, rv2, True, 0.1, 1e-5)
     np.testing.assert_allclose(y, yt.transpose(inv), rtol=1e-6 if dtype == np.float32 else 1e-13,
                                atol=1e-6 if dtype == np.float32 else 1e-13)
-    np.testing.assert_allclose(sm, sm_t, rtol=1e-13)
+    # the two layouts take different kernel paths: the means agree to the accuracy of the
+    # statistics (float64 accumulation of deviations formed in the input's precision)
+    np.testing.assert_allclose(sm, sm_t, rtol=0, atol=1e-7 if dtype == np.float32 else 1e-14)
     np.testing.assert_allclose(rm, rm2, rtol=1e-6)
     y_ref, _, _, _ = forward_batch(ncl(xt), w, b)
     assert_close(yt.reshape(y_ref.shape), y_ref)
@@ -139,13 +141,14 @@ def test_axis_module_channels_last_keeps_layout_and_backward(rng):
     assert y.shape == x.shape and y.flags.c_contiguous
     ref = cybn.BatchNorm1d(6)
     y_ref = ref(np.ascontiguousarray(x.transpose(0, 2, 1))).transpose(0, 2, 1)
-    np.testing.assert_array_equal(y, y_ref)  # same kernel, same per-channel numbers
+    # the (rows, C) and (N, C, L) layouts take different kernel paths
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     gx = m.backward(dy)
     gx_ref = ref.backward(np.ascontiguousarray(dy.transpose(0, 2, 1))).transpose(0, 2, 1)
     np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m.grad_weight, ref.grad_weight, rtol=1e-5)
-    np.testing.assert_array_equal(m.running_mean, ref.running_mean)
+    np.testing.assert_allclose(m.running_mean, ref.running_mean, rtol=1e-6, atol=1e-7)
 
 
 def test_axis_fortran_order_output_keeps_fortran_layout(rng):
