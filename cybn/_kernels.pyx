@@ -148,6 +148,12 @@ cdef inline double _run_dev(const floating* x, Py_ssize_t n, floating m,
                 d3 = q[j + 3 * LANES] - m
                 total[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
             i += GROUP * LANES
+        while n - i >= LANES:  # short runs (small L) and remainders: still vectorised
+            q = x + i
+            for j in range(LANES):
+                d0 = q[j] - m
+                total[j] += d0 * d0
+            i += LANES
     else:
         while n - i >= GROUP * LANES:
             q = x + i
@@ -155,6 +161,11 @@ cdef inline double _run_dev(const floating* x, Py_ssize_t n, floating m,
                 total[j] += (((q[j] - m) + (q[j + LANES] - m))
                              + ((q[j + 2 * LANES] - m) + (q[j + 3 * LANES] - m)))
             i += GROUP * LANES
+        while n - i >= LANES:
+            q = x + i
+            for j in range(LANES):
+                total[j] += q[j] - m
+            i += LANES
     while i < n:
         d = x[i] - <double>m
         tail += d * d if square else d
@@ -180,6 +191,12 @@ cdef inline double _run_dot(const floating* dy, const floating* x, Py_ssize_t n,
                          + (g[j + 2 * LANES] * (q[j + 2 * LANES] - m)
                             + g[j + 3 * LANES] * (q[j + 3 * LANES] - m)))
         i += GROUP * LANES
+    while n - i >= LANES:
+        g = dy + i
+        q = x + i
+        for j in range(LANES):
+            total[j] += g[j] * (q[j] - m)
+        i += LANES
     while i < n:
         tail += dy[i] * (x[i] - <double>m)
         i += 1
