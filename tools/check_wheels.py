@@ -318,8 +318,10 @@ class Checks:
                           env={"PATH": venv_bin + os.pathsep + os.environ["PATH"],
                                "VIRTUAL_ENV": os.path.dirname(venv_bin)})
         expect("wheel smoke: OK" in proc.stdout, "tools/wheel_smoke.py did not report OK")
+        runtime = re.search(r"OpenMP runtime +: (\S+)", proc.stdout)
         summary = [ln for ln in proc.stdout.splitlines() if re.search(r"\d+ passed", ln)]
-        return version, (summary[-1].strip("= ") if summary else "?")
+        return version, ((summary[-1].strip("= ") if summary else "?") + ", OpenMP runtime "
+                         + (os.path.relpath(runtime.group(1), self.work) if runtime else "?"))
 
     def check3_numpy(self):
         """Repaired wheel + oldest and newest NumPy, cibuildwheel's test-command."""
