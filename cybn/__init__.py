@@ -39,6 +39,7 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "SyncBatchNorm",
+    "__version__",
     "compat",
     "fold_conv",
     "fold_linear",
@@ -50,5 +51,4 @@ __all__ = [
     "save",
     "set_num_threads",
     "show_config",
-    "__version__",
 ]

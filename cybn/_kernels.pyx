@@ -23,7 +23,7 @@
 cimport cython
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
-from libc.math cimport sqrt
+from libc.math cimport fabs, sqrt
 
 ctypedef fused floating:
     float
@@ -32,6 +32,12 @@ ctypedef fused floating:
 # Parameters and running statistics have the module's dtype, which may differ from the
 # input's (a float32 module accepts float64 input), hence a second, independent fused type.
 ctypedef fused param_t:
+    float
+    double
+
+# Per-channel constants of the normalisation, in the input's type (fast) or in double
+# (when they do not fit a float: e.g. a tiny variance with a tiny eps).
+ctypedef fused prm_t:
     float
     double
 
@@ -53,6 +59,11 @@ cdef struct _Plan:
     Py_ssize_t bn, bc, bl        # number of tiles along N, C, L
     Py_ssize_t n_tiles
     Py_ssize_t n_slots           # bn * bl: tiles that hold partial sums for one channel
+
+
+# Below this mean square per element, float32 squares and products lose precision to
+# underflow (FLT_MIN is 1.2e-38): such channels are summed in double instead.
+cdef double _TINY = 1e-30
 
 
 cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -107,8 +118,10 @@ cdef inline _Tile _tile(const _Plan* p, Py_ssize_t t) noexcept nogil:
     return tile
 
 
-cdef inline bint _use_threads(const _Plan* p, int n_threads) noexcept nogil:
-    return n_threads > 1 and p.n_tiles > 1
+cdef inline int _team(const _Plan* p, int n_threads) noexcept nogil:
+    # never more threads than tiles: a thread without a tile only costs a wake-up, and an
+    # absurd request (n_threads=100000) must not ask the OpenMP runtime for that many
+    return n_threads if n_threads < p.n_tiles else <int>p.n_tiles
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,28 +219,65 @@ cdef inline double _run_dot(const floating* dy, const floating* x, Py_ssize_t n,
 # ---------------------------------------------------------------------------------------
 # Per-tile work. `base` points at element (0, 0, 0); `stride_n` = C * L.
 
-cdef inline double _run_exact(const floating* x, Py_ssize_t n, double m,
-                              int kind) noexcept nogil:
-    """Double-arithmetic sum(x - m) (kind 0) or sum((x - m)^2) (kind 1): the fallback."""
-    cdef double acc = 0, d
-    cdef Py_ssize_t i
-    for i in range(n):
-        d = x[i] - m
-        acc += d * d if kind == 1 else d
-    return acc
+cdef inline const floating* _run_ptr(const floating* base, const _Plan* p, Py_ssize_t n,
+                                     Py_ssize_t c, Py_ssize_t l0) noexcept nogil:
+    return base + (n * p.C + c) * p.L + l0
+
+
+cdef void _channel_exact(const floating* base, const floating* dy, const _Plan* p,
+                         const _Tile* tl, Py_ssize_t c, double center,
+                         double* out1, double* out2) noexcept nogil:
+    """One channel of a tile, entirely in double: the fallback for non-finite fast sums.
+
+    Without dy: out1, out2 = mean, M2 (two passes). With dy: out1, out2 = sum(dy),
+    sum(dy * (x - center)).
+    """
+    cdef Py_ssize_t n, i, run = tl.l1 - tl.l0
+    cdef double count = <double>((tl.n1 - tl.n0) * run)
+    cdef double s1 = 0, s2 = 0, m, d
+    cdef const floating* r
+    cdef const floating* g
+    if dy != NULL:
+        for n in range(tl.n0, tl.n1):
+            r = _run_ptr(base, p, n, c, tl.l0)
+            g = _run_ptr(dy, p, n, c, tl.l0)
+            for i in range(run):
+                s1 += g[i]
+                s2 += g[i] * (r[i] - center)
+        out1[0] = s1
+        out2[0] = s2
+        return
+    for n in range(tl.n0, tl.n1):
+        r = _run_ptr(base, p, n, c, tl.l0)
+        for i in range(run):
+            s1 += r[i]
+    m = s1 / count
+    s1 = 0
+    for n in range(tl.n0, tl.n1):
+        r = _run_ptr(base, p, n, c, tl.l0)
+        for i in range(run):
+            d = r[i] - m
+            s1 += d
+            s2 += d * d
+    if m - m == 0:
+        out1[0] = m + s1 / count
+        out2[0] = s2 - s1 * s1 / count
+    else:
+        out1[0] = m  # inf/nan data: the plain mean propagates inf like torch's
+        out2[0] = s2
 
 
 cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,
-                      double* part_mean, double* part_m2, bint exact) noexcept nogil:
+                      double* part_mean, double* part_m2) noexcept nogil:
     """Mean and M2 of each channel of tile t, written to slot row t.slot of the partials.
 
     Pass 1 gives a provisional mean, rounded to the input's type as the shift m; pass 2,
     served from cache, sums d = x - m and d^2, and mean = m + sum(d)/n,
     M2 = sum(d^2) - sum(d)^2/n exactly for any shift (the corrected two-pass of Chan,
-    Golub & LeVeque 1983). Deviations are formed, squared and paired in the input's type
-    (exact near the mean; fast float vectors) and accumulated in double. Sums that are
-    not finite (overflow in float arithmetic, or inf/nan data) are redone with `exact`,
-    entirely in double.
+    Golub & LeVeque 1983). Deviations are formed, squared and grouped in the input's type
+    (exact near the mean; fast float vectors) and accumulated in double. A channel whose
+    sums are not finite (overflow in float arithmetic, or inf/nan data) is redone
+    entirely in double, so no other channel's result depends on it.
     """
     cdef _Tile tl = _tile(p, t)
     cdef Py_ssize_t nc = tl.c1 - tl.c0
@@ -252,13 +302,12 @@ cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,
     # pass 1: provisional mean
     if p.L == 1:
         n = tl.n0
-        if not exact:
-            # four rows at a time: one load/store of an accumulator per four elements
-            while n + 4 <= tl.n1:
-                row = base + n * C + tl.c0
-                for c in range(nc):
-                    acc[c] += (row[c] + row[c + C]) + (row[c + 2 * C] + row[c + 3 * C])
-                n += 4
+        # four rows at a time: one load/store of an accumulator per four elements
+        while n + GROUP <= tl.n1:
+            row = base + n * C + tl.c0
+            for c in range(nc):
+                acc[c] += (row[c] + row[c + C]) + (row[c + 2 * C] + row[c + 3 * C])
+            n += GROUP
         while n < tl.n1:
             row = base + n * C + tl.c0
             for c in range(nc):
@@ -266,26 +315,23 @@ cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,
             n += 1
     else:
         for n in range(tl.n0, tl.n1):
-            row = base + n * C * p.L + tl.l0
             for c in range(nc):
-                r = row + (tl.c0 + c) * p.L
-                acc[c] += _run_exact(r, run, 0.0, 0) if exact else _run_dev(r, run, zero, False)
+                acc[c] += _run_dev(_run_ptr(base, p, n, tl.c0 + c, tl.l0), run, zero, False)
     for c in range(nc):
         shift[c] = <floating>(acc[c] / count)
     # pass 2: deviations from the shift
     if p.L == 1:
         n = tl.n0
-        if not exact:
-            while n + 4 <= tl.n1:
-                row = base + n * C + tl.c0
-                for c in range(nc):
-                    d0 = row[c] - shift[c]
-                    d1 = row[c + C] - shift[c]
-                    d2 = row[c + 2 * C] - shift[c]
-                    d3 = row[c + 3 * C] - shift[c]
-                    dev[c] += (d0 + d1) + (d2 + d3)
-                    sq[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-                n += 4
+        while n + GROUP <= tl.n1:
+            row = base + n * C + tl.c0
+            for c in range(nc):
+                d0 = row[c] - shift[c]
+                d1 = row[c + C] - shift[c]
+                d2 = row[c + 2 * C] - shift[c]
+                d3 = row[c + 3 * C] - shift[c]
+                dev[c] += (d0 + d1) + (d2 + d3)
+                sq[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            n += GROUP
         while n < tl.n1:
             row = base + n * C + tl.c0
             for c in range(nc):
@@ -295,45 +341,38 @@ cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,
             n += 1
     else:
         for n in range(tl.n0, tl.n1):
-            row = base + n * C * p.L + tl.l0
             for c in range(nc):
-                r = row + (tl.c0 + c) * p.L
-                if exact:
-                    dev[c] += _run_exact(r, run, shift[c], 0)
-                    sq[c] += _run_exact(r, run, shift[c], 1)
-                else:
-                    dev[c] += _run_dev(r, run, shift[c], False)
-                    sq[c] += _run_dev(r, run, shift[c], True)
+                r = _run_ptr(base, p, n, tl.c0 + c, tl.l0)
+                dev[c] += _run_dev(r, run, shift[c], False)
+                sq[c] += _run_dev(r, run, shift[c], True)
     for c in range(nc):
         m = shift[c]
-        if m - m == 0:
-            mean_out[c] = m + dev[c] / count
-            m2_out[c] = sq[c] - dev[c] * dev[c] / count
-        else:
-            # inf/nan data: keep the plain mean so that inf propagates like torch's
-            mean_out[c] = acc[c] / count
-            m2_out[c] = sq[c]
+        mean_out[c] = m + dev[c] / count
+        m2_out[c] = sq[c] - dev[c] * dev[c] / count
+        if (not (mean_out[c] - mean_out[c] == 0 and m2_out[c] - m2_out[c] == 0)
+                or (floating is float and sq[c] < _TINY * count)):
+            _channel_exact(base, NULL, p, &tl, tl.c0 + c, 0.0, &mean_out[c], &m2_out[c])
 
 
 cdef void _tile_normalize(const floating* base, floating* out, const _Plan* p, Py_ssize_t t,
-                          const floating* prm) noexcept nogil:
-    """out = ((x - hi[c]) - lo[c]) * scale[c] + shift[c] over tile t, in the input's precision.
+                          const prm_t* prm) noexcept nogil:
+    """out = ((x - hi[c]) - lo[c]) * scale[c] + shift[c] over tile t, in prm's precision.
 
     prm holds four per-channel rows: hi, lo, scale, shift (see _normalize).
     """
     cdef _Tile tl = _tile(p, t)
     cdef Py_ssize_t run = tl.l1 - tl.l0
     cdef Py_ssize_t n, c, i, off
-    cdef const floating* hi = prm
-    cdef const floating* lo = prm + p.C
-    cdef const floating* sc = prm + 2 * p.C
-    cdef const floating* sh = prm + 3 * p.C
-    cdef floating mh, ml, a, b
+    cdef const prm_t* hi = prm
+    cdef const prm_t* lo = prm + p.C
+    cdef const prm_t* sc = prm + 2 * p.C
+    cdef const prm_t* sh = prm + 3 * p.C
+    cdef prm_t mh, ml, a, b
     if p.L == 1:
         for n in range(tl.n0, tl.n1):
             off = n * p.C
             for c in range(tl.c0, tl.c1):
-                out[off + c] = ((base[off + c] - hi[c]) - lo[c]) * sc[c] + sh[c]
+                out[off + c] = <floating>(((base[off + c] - hi[c]) - lo[c]) * sc[c] + sh[c])
     else:
         for n in range(tl.n0, tl.n1):
             for c in range(tl.c0, tl.c1):
@@ -343,18 +382,17 @@ cdef void _tile_normalize(const floating* base, floating* out, const _Plan* p, P
                 a = sc[c]
                 b = sh[c]
                 for i in range(off, off + run):
-                    out[i] = ((base[i] - mh) - ml) * a + b
+                    out[i] = <floating>(((base[i] - mh) - ml) * a + b)
 
 
 cdef void _tile_dot(const floating* dy, const floating* x, const _Plan* p, Py_ssize_t t,
-                    const double* center, double* part_dy, double* part_dyx,
-                    bint exact) noexcept nogil:
+                    const double* center, double* part_dy, double* part_dyx) noexcept nogil:
     """Per-channel sum(dy) and sum(dy * (x - center)) of tile t, written to its slot row.
 
-    As in _tile_stats, products are formed and paired in the input's type against the
+    As in _tile_stats, products are formed and grouped in the input's type against the
     centre rounded to it, m, accumulated in double, and corrected for the rounding:
-    sum(dy * (x - center)) = sum(dy * (x - m)) + (m - center) * sum(dy). `exact` does it
-    all in double (the fallback when a fast sum is not finite).
+    sum(dy * (x - center)) = sum(dy * (x - m)) + (m - center) * sum(dy). A channel whose
+    sums are not finite is redone entirely in double.
     """
     cdef _Tile tl = _tile(p, t)
     cdef Py_ssize_t nc = tl.c1 - tl.c0
@@ -363,29 +401,29 @@ cdef void _tile_dot(const floating* dy, const floating* x, const _Plan* p, Py_ss
     cdef double sdy[TILE_CHANNELS]
     cdef double sdyx[TILE_CHANNELS]
     cdef floating cen[TILE_CHANNELS]
+    cdef double count = <double>((tl.n1 - tl.n0) * run)
     cdef double* dy_out = part_dy + tl.slot * C + tl.c0
     cdef double* dyx_out = part_dyx + tl.slot * C + tl.c0
     cdef const double* center_t = center + tl.c0
     cdef const floating* g
     cdef const floating* v
     cdef floating zero = 0
-    cdef Py_ssize_t n, c, off, i
+    cdef Py_ssize_t n, c, off
     for c in range(nc):
         sdy[c] = 0
         sdyx[c] = 0
         cen[c] = <floating>center_t[c]
     if p.L == 1:
         n = tl.n0
-        if not exact:
-            while n + 4 <= tl.n1:
-                g = dy + n * C + tl.c0
-                v = x + n * C + tl.c0
-                for c in range(nc):
-                    sdy[c] += (g[c] + g[c + C]) + (g[c + 2 * C] + g[c + 3 * C])
-                    sdyx[c] += ((g[c] * (v[c] - cen[c]) + g[c + C] * (v[c + C] - cen[c]))
-                                + (g[c + 2 * C] * (v[c + 2 * C] - cen[c])
-                                   + g[c + 3 * C] * (v[c + 3 * C] - cen[c])))
-                n += 4
+        while n + GROUP <= tl.n1:
+            g = dy + n * C + tl.c0
+            v = x + n * C + tl.c0
+            for c in range(nc):
+                sdy[c] += (g[c] + g[c + C]) + (g[c + 2 * C] + g[c + 3 * C])
+                sdyx[c] += ((g[c] * (v[c] - cen[c]) + g[c + C] * (v[c + C] - cen[c]))
+                            + (g[c + 2 * C] * (v[c + 2 * C] - cen[c])
+                               + g[c + 3 * C] * (v[c + 3 * C] - cen[c])))
+            n += GROUP
         while n < tl.n1:
             off = n * C + tl.c0
             for c in range(nc):
@@ -396,16 +434,14 @@ cdef void _tile_dot(const floating* dy, const floating* x, const _Plan* p, Py_ss
         for n in range(tl.n0, tl.n1):
             for c in range(nc):
                 off = (n * C + tl.c0 + c) * p.L + tl.l0
-                if exact:
-                    sdy[c] += _run_exact(dy + off, run, 0.0, 0)
-                    for i in range(off, off + run):
-                        sdyx[c] += dy[i] * (x[i] - <double>cen[c])
-                else:
-                    sdy[c] += _run_dev(dy + off, run, zero, False)
-                    sdyx[c] += _run_dot(dy + off, x + off, run, cen[c])
+                sdy[c] += _run_dev(dy + off, run, zero, False)
+                sdyx[c] += _run_dot(dy + off, x + off, run, cen[c])
     for c in range(nc):
         dy_out[c] = sdy[c]
         dyx_out[c] = sdyx[c] + (<double>cen[c] - center_t[c]) * sdy[c]
+        if (not (dy_out[c] - dy_out[c] == 0 and dyx_out[c] - dyx_out[c] == 0)
+                or (floating is float and sdy[c] != 0 and fabs(sdyx[c]) < _TINY * count)):
+            _channel_exact(x, dy, p, &tl, tl.c0 + c, center_t[c], &dy_out[c], &dyx_out[c])
 
 
 cdef void _tile_grad_input(const floating* dy, const floating* x, floating* dx,
@@ -451,14 +487,6 @@ cdef void _tile_grad_input(const floating* dy, const floating* x, floating* dx,
 # ---------------------------------------------------------------------------------------
 # Whole-array drivers (nogil). Each returns -1 when scratch memory cannot be allocated.
 
-cdef inline bint _all_finite(const double* a, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef double acc = 0
-    for i in range(n):
-        acc += a[i] - a[i]  # nan for inf or nan entries, else 0
-    return acc == 0
-
-
 cdef int _stats(const floating* x, const _Plan* p, int n_threads,
                 double* mean, double* m2) noexcept nogil:
     """Per-channel mean and M2 = sum((x - mean)^2) over N and L (Chan's merge in tile order)."""
@@ -468,16 +496,11 @@ cdef int _stats(const floating* x, const _Plan* p, int n_threads,
     cdef double* part_m2 = part + S * C
     cdef Py_ssize_t t, s, c, l_len, n_len
     cdef double n_a, n_b, n_ab, w_b, w_ab, delta
-    cdef bint exact = False
     if part == NULL:
         return -1
-    while True:
-        for t in prange(p.n_tiles, schedule='static', num_threads=n_threads,
-                        use_threads_if=_use_threads(p, n_threads)):
-            _tile_stats(x, p, t, part_mean, part_m2, exact)
-        if exact or _all_finite(part, 2 * S * C):
-            break
-        exact = True  # overflow in the input's type, or inf/nan data: redo in double
+    for t in prange(p.n_tiles, schedule='static', num_threads=_team(p, n_threads),
+                    use_threads_if=_team(p, n_threads) > 1):
+        _tile_stats(x, p, t, part_mean, part_m2)
     for c in range(C):
         mean[c] = part_mean[c]
         m2[c] = part_m2[c]
@@ -519,6 +542,8 @@ cdef int _normalize(const floating* x, floating* out, const _Plan* p, int n_thre
     """
     cdef Py_ssize_t C = p.C, t, c
     cdef floating* prm = <floating*> malloc(4 * C * sizeof(floating))
+    cdef double* prmd
+    cdef bint fits = True
     if prm == NULL:
         return -1
     for c in range(C):
@@ -526,10 +551,29 @@ cdef int _normalize(const floating* x, floating* out, const _Plan* p, int n_thre
         prm[C + c] = <floating>(center[c] - <double>prm[c])
         prm[2 * C + c] = <floating>scale[c]
         prm[3 * C + c] = <floating>shift[c]
-    for t in prange(p.n_tiles, schedule='static', num_threads=n_threads,
-                    use_threads_if=_use_threads(p, n_threads)):
-        _tile_normalize(x, out, p, t, prm)
+        # a finite double constant that overflows the input's type
+        if ((scale[c] - scale[c] == 0 and prm[2 * C + c] - prm[2 * C + c] != 0)
+                or (shift[c] - shift[c] == 0 and prm[3 * C + c] - prm[3 * C + c] != 0)):
+            fits = False
+    if fits:
+        for t in prange(p.n_tiles, schedule='static', num_threads=_team(p, n_threads),
+                        use_threads_if=_team(p, n_threads) > 1):
+            _tile_normalize(x, out, p, t, prm)
+        free(prm)
+        return 0
     free(prm)
+    prmd = <double*> malloc(4 * C * sizeof(double))
+    if prmd == NULL:
+        return -1
+    for c in range(C):
+        prmd[c] = center[c]
+        prmd[C + c] = 0
+        prmd[2 * C + c] = scale[c]
+        prmd[3 * C + c] = shift[c]
+    for t in prange(p.n_tiles, schedule='static', num_threads=_team(p, n_threads),
+                    use_threads_if=_team(p, n_threads) > 1):
+        _tile_normalize(x, out, p, t, prmd)
+    free(prmd)
     return 0
 
 
@@ -541,16 +585,11 @@ cdef int _dot(const floating* dy, const floating* x, const _Plan* p, int n_threa
     cdef double* part_dy = part
     cdef double* part_dyx = part + S * C
     cdef Py_ssize_t t, s, c
-    cdef bint exact = False
     if part == NULL:
         return -1
-    while True:
-        for t in prange(p.n_tiles, schedule='static', num_threads=n_threads,
-                        use_threads_if=_use_threads(p, n_threads)):
-            _tile_dot(dy, x, p, t, center, part_dy, part_dyx, exact)
-        if exact or _all_finite(part, 2 * S * C):
-            break
-        exact = True  # overflow in the input's type, or inf/nan data: redo in double
+    for t in prange(p.n_tiles, schedule='static', num_threads=_team(p, n_threads),
+                    use_threads_if=_team(p, n_threads) > 1):
+        _tile_dot(dy, x, p, t, center, part_dy, part_dyx)
     for c in range(C):
         sum_dy[c] = 0
         sum_dyx[c] = 0
@@ -566,8 +605,8 @@ cdef void _grad_input(const floating* dy, const floating* x, floating* dx, const
                       int n_threads, const double* center, const double* mean_dy,
                       const double* k, const double* scale, bint use_x) noexcept nogil:
     cdef Py_ssize_t t
-    for t in prange(p.n_tiles, schedule='static', num_threads=n_threads,
-                    use_threads_if=_use_threads(p, n_threads)):
+    for t in prange(p.n_tiles, schedule='static', num_threads=_team(p, n_threads),
+                    use_threads_if=_team(p, n_threads) > 1):
         _tile_grad_input(dy, x, dx, p, t, center, mean_dy, k, scale, use_x)
 
 
@@ -671,14 +710,17 @@ def forward_training(const floating[:, :, ::1] x,      # IN  (N, C, L)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c
     cdef double count = <double>(N * L)
     cdef double* buf
-    cdef double* mean = &stats[0, 0]
-    cdef double* invstd = &stats[1, 0]
-    cdef double* var = &stats[2, 0]
+    cdef double* mean
+    cdef double* invstd
+    cdef double* var
     cdef _Plan p
     cdef int rc
     cdef Py_ssize_t bad = 0
     if _empty(N, C, L):
         return 0
+    mean = &stats[0, 0]
+    invstd = &stats[1, 0]
+    var = &stats[2, 0]
     p = _make_plan(N, C, L)
     buf = _alloc_channels(C, 2)
     with nogil:
@@ -716,13 +758,15 @@ def forward_inference(const floating[:, :, ::1] x,     # IN  (N, C, L)
     constants of the inference backward.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c
-    cdef double* center = &stats[0, 0]
-    cdef double* invstd = &stats[1, 0]
+    cdef double* center
+    cdef double* invstd
     cdef double* buf
     cdef _Plan p
     cdef int rc = 0
     if C == 0:
         return
+    center = &stats[0, 0]
+    invstd = &stats[1, 0]
     buf = _alloc_channels(C, 2)
     with nogil:
         for c in range(C):

@@ -30,7 +30,7 @@ class NCLView:
         Whether ``data`` is a copy (the input was not contiguous in any axis order).
     """
 
-    __slots__ = ("data", "shape", "perm", "copied")
+    __slots__ = ("copied", "data", "perm", "shape")
 
     def __init__(self, data, shape, perm, copied=False):
         self.data = data

@@ -63,7 +63,8 @@ class _Frozen:
     def __setattr__(self, name, value):
         raise AttributeError(f"{type(self).__name__} is read-only")
 
-    __delattr__ = __setattr__
+    def __delattr__(self, name):
+        raise AttributeError(f"{type(self).__name__} is read-only")
 
 
 # -- dtypes --------------------------------------------------------------------------------
@@ -72,6 +73,9 @@ class _DType(_Frozen):
     """A torch element type: its NumPy storage dtype (little-endian) and the result dtype."""
 
     __slots__ = ("name", "result", "storage")
+    name: str
+    result: np.dtype
+    storage: np.dtype
 
     def __init__(self, name, storage, result=None):
         # torch's name ('float32'), how the bytes are laid out, the returned dtype
@@ -110,6 +114,8 @@ class _StorageType(_Frozen):
     """Marker for ``torch.<Name>Storage`` (``dtype`` None for ``torch.storage.UntypedStorage``)."""
 
     __slots__ = ("dtype", "name")
+    dtype: "_DType | None"
+    name: str
 
     def __init__(self, name, dtype):
         super().__init__(name=name, dtype=dtype)
@@ -122,6 +128,9 @@ class _Storage(_Frozen):
     """One loaded storage record: read-only little/big-endian bytes plus its torch type."""
 
     __slots__ = ("data", "key", "type")
+    data: np.ndarray
+    key: str
+    type: _StorageType
 
     def __init__(self, key, storage_type, data):
         # data: 1-D read-only uint8 array over the record's bytes

@@ -25,7 +25,7 @@ _IncompatibleKeys = collections.namedtuple("IncompatibleKeys",
 class _Cache:
     """What backward needs from the last successful forward (C-sized apart from x)."""
 
-    __slots__ = ("saved", "training", "stats")
+    __slots__ = ("saved", "stats", "training")
 
     def __init__(self, saved, training, stats):
         self.saved = saved          # the input, by reference (F._SavedInput)
@@ -39,7 +39,7 @@ def _as_state_array(value, key):
         value = value.detach().cpu().numpy()
     try:
         return np.asarray(value)
-    except Exception as exc:  # noqa: BLE001 - report which key could not be read
+    except Exception as exc:
         raise TypeError(f"state_dict[{key!r}] is not array-like: {exc}") from exc
 
 

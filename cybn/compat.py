@@ -22,8 +22,13 @@ import numpy as np
 
 from . import functional as F
 
-__all__ = ["batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt",
-           "spatial_batchnorm_forward", "spatial_batchnorm_backward"]
+__all__ = [
+    "batchnorm_backward",
+    "batchnorm_backward_alt",
+    "batchnorm_forward",
+    "spatial_batchnorm_backward",
+    "spatial_batchnorm_forward",
+]
 
 
 def _forward(x, gamma, beta, bn_param, ndim):

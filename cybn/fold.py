@@ -13,7 +13,7 @@ import numpy as np
 
 from . import functional as F
 
-__all__ = ["fold_linear", "fold_conv"]
+__all__ = ["fold_conv", "fold_linear"]
 
 
 def _bn_scale_shift(bn):

@@ -29,7 +29,7 @@ from . import _kernels
 from ._layout import as_ncl
 from ._threads import effective_n_threads
 
-__all__ = ["batch_norm", "batch_norm_forward", "batch_norm_backward"]
+__all__ = ["batch_norm", "batch_norm_backward", "batch_norm_forward"]
 
 _F16 = np.dtype(np.float16)
 _F32 = np.dtype(np.float32)
@@ -204,7 +204,7 @@ class _SavedInput:
     input-sized array.
     """
 
-    __slots__ = ("input", "view", "xdt", "axis")
+    __slots__ = ("axis", "input", "view", "xdt")
 
     def __init__(self, input, view, xdt, axis):
         self.input = input

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import batchnorm
 
-__all__ = ["save", "load"]
+__all__ = ["load", "save"]
 
 _CLASSES = {cls.__name__: cls for cls in
             (batchnorm.BatchNorm1d, batchnorm.BatchNorm2d, batchnorm.BatchNorm3d)}

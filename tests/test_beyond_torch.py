@@ -117,7 +117,7 @@ def test_axis_equals_transpose_normalise_transpose_back(rng, shape, axis, dtype)
     rm2, rv2 = rm.copy(), rv.copy()
     y, sm, si = F.batch_norm_forward(x, w, b, rm, rv, True, 0.1, 1e-5, axis=axis)
     xt = np.ascontiguousarray(x.transpose(perm))
-    yt, sm_t, si_t = F.batch_norm_forward(xt, w, b, rm2, rv2, True, 0.1, 1e-5)
+    yt, sm_t, _ = F.batch_norm_forward(xt, w, b, rm2, rv2, True, 0.1, 1e-5)
     np.testing.assert_allclose(y, yt.transpose(inv), rtol=1e-6 if dtype == np.float32 else 1e-13,
                                atol=1e-6 if dtype == np.float32 else 1e-13)
     # the two layouts take different kernel paths: the means agree to the accuracy of the
