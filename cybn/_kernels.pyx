@@ -869,7 +869,8 @@ cdef int _backward(const floating[:, :, ::1] grad_output, const floating[:, :, :
 def backward_training(const floating[:, :, ::1] grad_output,  # IN  (N, C, L)
                       const floating[:, :, ::1] x,            # IN  (N, C, L)
                       const param_t[::1] weight,              # IN  (C,) or None
-                      const double[:, ::1] stats,             # IN  (>=2, C): mean, invstd
+                      const double[::1] save_mean,            # IN  (C,)
+                      const double[::1] save_invstd,          # IN  (C,)
                       floating[:, :, ::1] grad_input,         # OUT (N, C, L) or None
                       param_t[::1] grad_weight,               # OUT (C,) or None
                       param_t[::1] grad_bias,                 # OUT (C,) or None
@@ -880,14 +881,15 @@ def backward_training(const floating[:, :, ::1] grad_output,  # IN  (N, C, L)
     grad_bias = sum(dy), grad_weight = sum(dy * x_hat),
     grad_input = (dy - sum(dy)/n - (x - mean) * sum(dy * (x - mean)) * invstd^2 / n) * invstd * w.
     """
-    _backward_def(grad_output, x, weight, stats, True, grad_input, grad_weight, grad_bias,
-                  n_threads)
+    _backward_def(grad_output, x, weight, save_mean, save_invstd, True, grad_input,
+                  grad_weight, grad_bias, n_threads)
 
 
 def backward_inference(const floating[:, :, ::1] grad_output,  # IN  (N, C, L)
                        const floating[:, :, ::1] x,            # IN  (N, C, L)
                        const param_t[::1] weight,              # IN  (C,) or None
-                       const double[:, ::1] stats,             # IN  (2, C): center, invstd
+                       const double[::1] center,               # IN  (C,) running mean
+                       const double[::1] invstd,               # IN  (C,) 1/sqrt(rv + eps)
                        floating[:, :, ::1] grad_input,         # OUT (N, C, L) or None
                        param_t[::1] grad_weight,               # OUT (C,) or None
                        param_t[::1] grad_bias,                 # OUT (C,) or None
@@ -898,19 +900,20 @@ def backward_inference(const floating[:, :, ::1] grad_output,  # IN  (N, C, L)
     forward_inference): grad_input = dy * w * invstd,
     grad_weight = sum(dy * (x - center) * invstd), grad_bias = sum(dy).
     """
-    _backward_def(grad_output, x, weight, stats, False, grad_input, grad_weight, grad_bias,
-                  n_threads)
+    _backward_def(grad_output, x, weight, center, invstd, False, grad_input, grad_weight,
+                  grad_bias, n_threads)
 
 
 cdef _backward_def(const floating[:, :, ::1] grad_output, const floating[:, :, ::1] x,
-                   const param_t[::1] weight, const double[:, ::1] stats, bint training,
+                   const param_t[::1] weight, const double[::1] center,
+                   const double[::1] invstd, bint training,
                    floating[:, :, ::1] grad_input, param_t[::1] grad_weight,
                    param_t[::1] grad_bias, int n_threads):
     cdef int rc
     if x.shape[1] == 0:
         return
     with nogil:
-        rc = _backward(grad_output, x, weight, &stats[0, 0], &stats[1, 0], training,
+        rc = _backward(grad_output, x, weight, &center[0], &invstd[0], training,
                        grad_input, grad_weight, grad_bias, n_threads)
     if rc != 0:
         raise MemoryError()

@@ -30,7 +30,7 @@ class _Cache:
     def __init__(self, saved, training, stats):
         self.saved = saved          # the input, by reference (F._SavedInput)
         self.training = training    # batch-statistics formula?
-        self.stats = stats          # float64 (>=2, C): batch or running mean; invstd
+        self.stats = stats          # float64 (C,) pair: batch or running mean, invstd
 
 
 def _as_state_array(value, key):
@@ -267,7 +267,7 @@ class _BatchNorm:
         if update and count > 0:
             nbt = self.num_batches_tracked
             nbt[()] = int(nbt) + 1
-        self._cache = _Cache(saved, use_batch_stats, stats)
+        self._cache = _Cache(saved, use_batch_stats, (stats[0], stats[1]))
         return output
 
     def backward(self, grad_output):

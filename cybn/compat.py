@@ -61,7 +61,7 @@ def _forward(x, gamma, beta, bn_param, ndim):
         1.0 - momentum, eps, None, unbiased=False)
     bn_param["running_mean"] = running_mean
     bn_param["running_var"] = running_var
-    cache = (saved, gamma, stats, training)
+    cache = (saved, gamma, (stats[0], stats[1]), training)
     return out, cache
 
 

@@ -81,6 +81,8 @@ def _check_ndim(x, ndims, name="input"):
 
 def _check_axis(axis, ndim):
     """Normalise a channel axis (negative counts from the end) for an ndim-D input."""
+    if type(axis) is int and 0 <= axis < ndim:  # the common case, without ABC checks
+        return axis
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"axis must be an int, got {type(axis).__name__}")
     if not -ndim <= axis < ndim:
@@ -90,7 +92,7 @@ def _check_axis(axis, ndim):
 
 def _check_channels(a, name, C, axis=1):
     """Check that a per-channel array is 1-D with C elements (None passes)."""
-    if a is None:
+    if a is None or (type(a) is np.ndarray and a.shape == (C,) and a.dtype in _COMPUTE):
         return
     _check_input(a, name)
     if a.ndim != 1 or a.shape[0] != C:
@@ -157,7 +159,7 @@ def _as_param(a, pdt):
 
 
 def _prepare_out(out, shape, dtype, view, xdt, other):
-    """Validate ``out`` and return (buf3, res).
+    """Validate ``out`` (which must not overlap any array in ``other``); return (buf3, res).
 
     ``buf3`` is the (A, C, B) array of dtype ``xdt`` the kernel writes; ``res`` views it in
     the input's shape (it is ``out`` itself when ``out`` can be written directly).
@@ -171,7 +173,7 @@ def _prepare_out(out, shape, dtype, view, xdt, other):
         if out.shape != shape:
             raise ValueError(f"out must have shape {shape}, got {out.shape}")
         _check_writeable(out, "out")
-        if np.may_share_memory(out, other):
+        if any(np.may_share_memory(out, a) for a in other):
             raise ValueError("out must not overlap the input arrays")
     if out is None or dtype != xdt:
         return view.empty_like()
@@ -221,7 +223,7 @@ class _SavedInput:
 
 def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stats,
              update_stats, factor, eps, n_threads, out=None, axis=1, unbiased=True,
-             check_finite=False):
+             check_finite=False, keep=True):
     """Validated forward. Returns (output, stats, saved, count); saved is a _SavedInput.
 
     ``stats`` is float64: (3, C) rows mean, invstd, biased variance with batch statistics;
@@ -230,14 +232,15 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
     with ``factor`` and the unbiased (``unbiased``) or biased batch variance; the update
     comes after everything that can fail, so a failing call changes nothing.
     ``check_finite`` raises ValueError, before any state changes, when the batch
-    statistics of a channel are not finite (NaN or Inf in the batch).
+    statistics of a channel are not finite (NaN or Inf in the batch). ``keep=False``
+    returns None for ``saved`` (callers without a backward).
     """
     x = input if input.dtype == xdt else input.astype(xdt)
     view = as_ncl(x, axis)
     x3 = view.data
     A, C, B = x3.shape
     count = A * B
-    out3, res = _prepare_out(out, input.shape, input.dtype, view, xdt, input)
+    out3, res = _prepare_out(out, input.shape, input.dtype, view, xdt, (input,))
     nt = effective_n_threads(n_threads)
     pdt = _param_dtype(running_mean, running_var, weight, bias) or xdt
     w = _as_param(weight, pdt)
@@ -270,14 +273,16 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
     else:
         stats = np.empty((2, C))
         _FORWARD_INFERENCE[xdt, pdt](x3, w, b, rm, rv, eps, out3, stats, nt)
-    return _deliver(res, out, input.dtype), stats, _SavedInput(input, view, xdt, axis), count
+    saved = _SavedInput(input, view, xdt, axis) if keep else None
+    return _deliver(res, out, input.dtype), stats, saved, count
 
 
 def _backward(grad_output, saved, weight, stats, training, need_weight, need_bias, gdt,
               n_threads, out=None):
     """Validated backward for the forward's input ``saved`` (a _SavedInput).
 
-    ``stats`` rows 0 and 1 are the centre (batch or running mean) and invstd, float64.
+    ``stats`` is (center, invstd): the batch or running mean and 1/sqrt(var + eps),
+    C-contiguous float64 arrays of shape (C,).
     Returns (grad_input, grad_weight or None, grad_bias or None); the gradients of the
     parameters are in ``gdt`` (default: weight's compute dtype, else ``xdt``).
     """
@@ -290,12 +295,12 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
     dy3 = view.adopt(dy)
     pdt = _COMPUTE[weight.dtype] if weight is not None else (gdt if gdt in _CNAME else xdt)
     w = _as_param(weight, pdt)
-    gi3, res = _prepare_out(out, view.shape, dtype, view, xdt, grad_output)
+    gi3, res = _prepare_out(out, view.shape, dtype, view, xdt, (grad_output, saved.input))
     gw = np.empty(C, dtype=pdt) if need_weight else None
     gb = np.empty(C, dtype=pdt) if need_bias else None
     nt = effective_n_threads(n_threads)
     kernel = _BACKWARD_TRAINING if training else _BACKWARD_INFERENCE
-    kernel[xdt, pdt](dy3, x3, w, stats, gi3, gw, gb, nt)
+    kernel[xdt, pdt](dy3, x3, w, stats[0], stats[1], gi3, gw, gb, nt)
     if gdt is not None and gdt != pdt:
         gw = None if gw is None else gw.astype(gdt)
         gb = None if gb is None else gb.astype(gdt)
@@ -418,7 +423,7 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
     update = training and running_mean is not None
     output, stats, _, _ = _forward(
         input, xdt, weight, bias, running_mean, running_var, training, update, momentum,
-        eps, n_threads, out=out, axis=axis)
+        eps, n_threads, out=out, axis=axis, keep=False)
     if not training:
         return output, _EMPTY, _EMPTY
     return output, stats[0], stats[1]
@@ -491,7 +496,8 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         _check_channels(save_invstd, "save_invstd", C, axis)
         if save_mean is None or save_invstd is None:
             raise ValueError("save_mean and save_invstd are required when training=True")
-        stats = np.stack([save_mean, save_invstd]).astype(np.float64, copy=False)
+        stats = (np.ascontiguousarray(save_mean, dtype=np.float64),
+                 np.ascontiguousarray(save_invstd, dtype=np.float64))
     else:
         if running_mean is None or running_var is None:
             raise ValueError("running_mean and running_var are required when "
@@ -499,8 +505,8 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         _check_channels(running_mean, "running_mean", C, axis)
         _check_channels(running_var, "running_var", C, axis)
         eps = _check_eps(eps, False)
-        stats = np.stack([running_mean.astype(np.float64),
-                          1.0 / np.sqrt(running_var.astype(np.float64) + eps)])
+        stats = (running_mean.astype(np.float64),
+                 1.0 / np.sqrt(running_var.astype(np.float64) + eps))
     x = input if input.dtype == xdt else input.astype(xdt)
     saved = _SavedInput(input, as_ncl(x, axis), xdt, axis)
     gdt = None if weight is not None else xdt
