@@ -41,7 +41,7 @@ def forward_inference(
     running_var: _Param,
     eps: float,
     out: _Data,
-    stats: _F64,
+    stats: _F64 | None,
     n_threads: int,
 ) -> None: ...
 def backward_reduce(

@@ -750,32 +750,33 @@ def forward_inference(const floating[:, :, ::1] x,     # IN  (N, C, L)
                       const param_t[::1] running_var,  # IN  (C,)
                       double eps,
                       floating[:, :, ::1] out,         # OUT (N, C, L)
-                      double[:, ::1] stats,            # OUT (2, C): running mean, invstd
+                      double[:, ::1] stats,            # OUT (2, C) or None: center, invstd
                       int n_threads):
     """Inference forward: (x - running_mean) / sqrt(running_var + eps) * weight + bias.
 
-    ``stats`` receives the running mean and ``1 / sqrt(running_var + eps)`` in double, the
-    constants of the inference backward.
+    ``stats``, when given, receives the running mean and ``1 / sqrt(running_var + eps)``
+    in double, the constants of the inference backward.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c
-    cdef double* center
-    cdef double* invstd
     cdef double* buf
     cdef _Plan p
     cdef int rc = 0
     if C == 0:
         return
-    center = &stats[0, 0]
-    invstd = &stats[1, 0]
-    buf = _alloc_channels(C, 2)
+    buf = _alloc_channels(C, 4)
     with nogil:
         for c in range(C):
-            center[c] = running_mean[c]
-            invstd[c] = 1.0 / sqrt(<double>running_var[c] + eps)
+            buf[c] = running_mean[c]
+            buf[C + c] = 1.0 / sqrt(<double>running_var[c] + eps)
+        if stats is not None:
+            for c in range(C):
+                stats[0, c] = buf[c]
+                stats[1, c] = buf[C + c]
         if not _empty(N, C, L):
             p = _make_plan(N, C, L)
-            _affine(C, invstd, weight, bias, buf, buf + C)
-            rc = _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads, center, buf, buf + C)
+            _affine(C, buf + C, weight, bias, buf + 2 * C, buf + 3 * C)
+            rc = _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads, buf, buf + 2 * C,
+                            buf + 3 * C)
     free(buf)
     if rc != 0:
         raise MemoryError()

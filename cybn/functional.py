@@ -60,17 +60,25 @@ _BACKWARD_INFERENCE = _specialise(_kernels.backward_inference, 2)
 # ---------------------------------------------------------------------------------------
 # validation helpers
 
+def _compute_dtype(dt):
+    """float16/32/64 (either byte order) -> the dtype computed and stored in, else None."""
+    cdt = _COMPUTE.get(dt)
+    if cdt is None and dt.kind == "f" and not dt.isnative:
+        cdt = _COMPUTE.get(dt.newbyteorder("="))  # e.g. big-endian data read from a file
+    return cdt
+
+
 def _check_input(x, name="input"):
     """Return the compute dtype of an input array, or raise TypeError."""
     if not isinstance(x, np.ndarray):
         raise TypeError(
             f"{name} must be a NumPy array of float16, float32 or float64, "
             f"got {type(x).__module__}.{type(x).__qualname__}")
-    try:
-        return _COMPUTE[x.dtype]
-    except KeyError:
+    cdt = _compute_dtype(x.dtype)
+    if cdt is None:
         raise TypeError(
-            f"{name} must have dtype float16, float32 or float64, got {x.dtype}") from None
+            f"{name} must have dtype float16, float32 or float64, got {x.dtype}")
+    return cdt
 
 
 def _check_ndim(x, ndims, name="input"):
@@ -148,8 +156,23 @@ def _param_dtype(*arrays):
     """The dtype per-channel arrays are handed to the kernels in: the first one's."""
     for a in arrays:
         if a is not None:
-            return _COMPUTE[a.dtype]
+            return _compute_dtype(a.dtype)
     return None
+
+
+def _kernel_params(weight, bias, running_mean, running_var, xdt):
+    """The per-channel arrays in one kernel dtype (the first present array's compute
+    dtype, else ``xdt``), C-contiguous; copies only what is not already so."""
+    pdt = _param_dtype(running_mean, running_var, weight, bias) or xdt
+    ready = True
+    for a in (weight, bias, running_mean, running_var):
+        if a is not None and (a.dtype is not pdt or not a.flags.c_contiguous):
+            ready = False
+            break
+    if ready:  # the common case: nothing to convert
+        return weight, bias, running_mean, running_var, pdt
+    return (_as_param(weight, pdt), _as_param(bias, pdt), _as_param(running_mean, pdt),
+            _as_param(running_var, pdt), pdt)
 
 
 def _as_param(a, pdt):
@@ -227,7 +250,7 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
     """Validated forward. Returns (output, stats, saved, count); saved is a _SavedInput.
 
     ``stats`` is float64: (3, C) rows mean, invstd, biased variance with batch statistics;
-    (2, C) rows running mean, invstd otherwise. Per-channel arrays must already be checked
+    (2, C) rows running mean, invstd otherwise (None when ``keep`` is False). Per-channel arrays must already be checked
     for shape. ``update_stats`` asks for the running statistics to be updated in place
     with ``factor`` and the unbiased (``unbiased``) or biased batch variance; the update
     comes after everything that can fail, so a failing call changes nothing.
@@ -242,11 +265,7 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
     count = A * B
     out3, res = _prepare_out(out, input.shape, input.dtype, view, xdt, (input,))
     nt = effective_n_threads(n_threads)
-    pdt = _param_dtype(running_mean, running_var, weight, bias) or xdt
-    w = _as_param(weight, pdt)
-    b = _as_param(bias, pdt)
-    rm = _as_param(running_mean, pdt)
-    rv = _as_param(running_var, pdt)
+    w, b, rm, rv, pdt = _kernel_params(weight, bias, running_mean, running_var, xdt)
     if use_batch_stats:
         stats = np.empty((3, C))
         if count == 0:
@@ -271,7 +290,7 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
                 if rv is not running_var:
                     running_var[...] = rv
     else:
-        stats = np.empty((2, C))
+        stats = np.empty((2, C)) if keep else None
         _FORWARD_INFERENCE[xdt, pdt](x3, w, b, rm, rv, eps, out3, stats, nt)
     saved = _SavedInput(input, view, xdt, axis) if keep else None
     return _deliver(res, out, input.dtype), stats, saved, count
@@ -293,7 +312,7 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
     C = x3.shape[1]
     dy = grad_output if grad_output.dtype == xdt else grad_output.astype(xdt)
     dy3 = view.adopt(dy)
-    pdt = _COMPUTE[weight.dtype] if weight is not None else (gdt if gdt in _CNAME else xdt)
+    pdt = _compute_dtype(weight.dtype) if weight is not None else (gdt if gdt in _CNAME else xdt)
     w = _as_param(weight, pdt)
     gi3, res = _prepare_out(out, view.shape, dtype, view, xdt, (grad_output, saved.input))
     gw = np.empty(C, dtype=pdt) if need_weight else None

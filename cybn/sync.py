@@ -459,7 +459,7 @@ class SyncBatchNorm(_BatchNorm):
         output = F._deliver(res, None, input.dtype)
         if update and n > 0:
             rm, rv = self.running_mean, self.running_var
-            pdt = F._COMPUTE[rm.dtype]
+            pdt = F._compute_dtype(rm.dtype)
             rm_k = F._as_param(rm, pdt)
             rv_k = F._as_param(rv, pdt)
             _UPDATE_RUNNING_STATS[pdt](rm_k, rv_k, stats[0], stats[2], n / (n - 1), factor)
@@ -537,7 +537,7 @@ class SyncBatchNorm(_BatchNorm):
             scale = invstd * self.weight if self.weight is not None else invstd
             _BACKWARD_INPUT[xdt](dy3, x3, mean, sum_dy / n, sum_dy_xmu * (invstd * invstd) / n,
                                  np.ascontiguousarray(scale, np.float64), gi3, nt)
-        pdt = F._COMPUTE[self.dtype]
+        pdt = F._compute_dtype(self.dtype)
         self.grad_weight = (None if self.weight is None else
                             (sum_dy_xmu * invstd).astype(pdt).astype(self.dtype, copy=False))
         self.grad_bias = (None if self.bias is None else
