@@ -157,7 +157,8 @@ ours, other = [], 0
 for blk in blocks:
     if not any(k in blk for k in kinds):
         continue
-    if re.search(r"cybn|_kernels|_openmp", blk):
+    # frames in cybn's extension modules (not the "cybn-sanitize" work directory's path)
+    if re.search(r"site-packages/cybn/|\b_kernels\.c|\b_openmp\.c|\b_sol\.c", blk):
         ours.append(blk)
     else:
         other += 1
