@@ -23,7 +23,7 @@
 cimport cython
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
-from libc.math cimport fabs, sqrt
+from libc.math cimport fabs, frexp, ldexp, sqrt
 
 ctypedef fused floating:
     float
@@ -229,12 +229,13 @@ cdef void _channel_exact(const floating* base, const floating* dy, const _Plan* 
                          double* out1, double* out2) noexcept nogil:
     """One channel of a tile, entirely in double: the fallback for non-finite fast sums.
 
-    Without dy: out1, out2 = mean, M2 (two passes). With dy: out1, out2 = sum(dy),
-    sum(dy * (x - center)).
+    Without dy: out1, out2 = mean, M2 (corrected two-pass on scaled deviations). With dy:
+    out1, out2 = sum(dy), sum(dy * (x - center)).
     """
     cdef Py_ssize_t n, i, run = tl.l1 - tl.l0
     cdef double count = <double>((tl.n1 - tl.n0) * run)
-    cdef double s1 = 0, s2 = 0, m, d
+    cdef double s1 = 0, s2 = 0, m, d, dmax, sc
+    cdef int e
     cdef const floating* r
     cdef const floating* g
     if dy != NULL:
@@ -252,19 +253,33 @@ cdef void _channel_exact(const floating* base, const floating* dy, const _Plan* 
         for i in range(run):
             s1 += r[i]
     m = s1 / count
+    if not (m - m == 0):
+        out1[0] = m  # inf/nan data: the plain mean propagates inf like torch's
+        out2[0] = m - m
+        return
+    # Deviations are scaled by a power of two below their largest magnitude, so that
+    # their squares cannot overflow: huge float64 data (|x| ~ 1e200) has deviations
+    # from an inexact first-pass mean of ~1e184, whose squares would be inf.
+    dmax = 0
+    for n in range(tl.n0, tl.n1):
+        r = _run_ptr(base, p, n, c, tl.l0)
+        for i in range(run):
+            d = fabs(r[i] - m)
+            if d > dmax:
+                dmax = d
+    sc = 1.0
+    if dmax > 0:
+        frexp(dmax, &e)
+        sc = ldexp(1.0, -e)
     s1 = 0
     for n in range(tl.n0, tl.n1):
         r = _run_ptr(base, p, n, c, tl.l0)
         for i in range(run):
-            d = r[i] - m
+            d = (r[i] - m) * sc
             s1 += d
             s2 += d * d
-    if m - m == 0:
-        out1[0] = m + s1 / count
-        out2[0] = s2 - s1 * s1 / count
-    else:
-        out1[0] = m  # inf/nan data: the plain mean propagates inf like torch's
-        out2[0] = s2
+    out1[0] = m + (s1 / count) / sc
+    out2[0] = ((s2 - s1 * s1 / count) / sc) / sc  # inf only when M2 itself is
 
 
 cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,

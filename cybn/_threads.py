@@ -22,6 +22,8 @@ import os
 from ._openmp import omp_max_threads, openmp_enabled
 
 _OPENMP = openmp_enabled()
+# A sanity bound on explicit requests (the kernels use at most one thread per tile anyway).
+_MAX_THREADS = 4096
 # libgomp reads OMP_NUM_THREADS once, at load time, so a later change would not count anyway.
 _OMP_ENV = "OMP_NUM_THREADS" in os.environ
 _default: int | None = None
@@ -57,6 +59,8 @@ def _check_count(n_threads, name="n_threads") -> int:
             f"{name} must be an int or None, got {type(n_threads).__name__}") from None
     if n == 0:
         raise ValueError(f"{name} must be a positive or negative int, got 0")
+    if abs(n) > _MAX_THREADS:
+        raise ValueError(f"{name} must be between -{_MAX_THREADS} and {_MAX_THREADS}, got {n}")
     return n
 
 
@@ -78,11 +82,12 @@ def effective_n_threads(n_threads=None) -> int:
     TypeError
         If ``n_threads`` is not an int or None.
     ValueError
-        If ``n_threads`` is 0.
+        If ``n_threads`` is 0 or its magnitude exceeds 4096.
     """
     if n_threads is None:
         n_threads = _default
-    elif not isinstance(n_threads, int) or isinstance(n_threads, bool) or n_threads == 0:
+    elif (not isinstance(n_threads, int) or isinstance(n_threads, bool) or n_threads == 0
+          or abs(n_threads) > _MAX_THREADS):
         n_threads = _check_count(n_threads)
     if not _OPENMP or _forked_child:
         return 1

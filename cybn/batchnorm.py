@@ -7,6 +7,7 @@ arithmetic are delegated to :mod:`cybn.functional` and the compiled kernels.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import numbers
 
 import numpy as np
@@ -41,6 +42,22 @@ def _as_state_array(value, key):
         return np.asarray(value)
     except Exception as exc:
         raise TypeError(f"state_dict[{key!r}] is not array-like: {exc}") from exc
+
+
+def _cast_state(value, dtype, key):
+    """value cast to a state array's dtype; integer targets (num_batches_tracked) must
+    receive finite, in-range whole numbers rather than NumPy's silent wrap-around."""
+    if dtype.kind == "i" and value.dtype.kind in "fiub":
+        info = np.iinfo(dtype)
+        v = value.astype(np.float64) if value.dtype.kind == "f" else value
+        if not np.all(np.isfinite(v)) if v.dtype.kind == "f" else False:
+            raise ValueError(f"{key} must be finite, got {value}")
+        if np.any(v < info.min) or np.any(v > info.max):
+            raise ValueError(f"{key} is out of range for {dtype}: {value}")
+    try:
+        return value.astype(dtype)
+    except OverflowError:
+        raise ValueError(f"{key} is out of range for {dtype}: {value}") from None
 
 
 class _BatchNorm:
@@ -169,6 +186,9 @@ class _BatchNorm:
             On size mismatches, and on missing/unexpected keys when ``strict``, with
             PyTorch's wording. Nothing is modified when it raises.
         """
+        if not isinstance(state_dict, collections.abc.Mapping):
+            raise TypeError(f"Expected state_dict to be dict-like, got "
+                            f"{type(state_dict).__name__}.")
         own = collections.OrderedDict(self._state_items())
         errors = []
         staged = []
@@ -182,8 +202,8 @@ class _BatchNorm:
                     f"checkpoint, the shape in current model is {target.shape}.")
                 continue
             try:
-                staged.append((target, value.astype(target.dtype)))
-            except (TypeError, ValueError) as exc:
+                staged.append((target, _cast_state(value, target.dtype, key)))
+            except (TypeError, ValueError, OverflowError) as exc:
                 errors.append(f"While copying the parameter named \"{key}\": {exc}")
         missing = [k for k in own if k not in state_dict]
         # A checkpoint without version-2 metadata may predate num_batches_tracked.

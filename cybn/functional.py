@@ -74,6 +74,11 @@ def _check_input(x, name="input"):
         raise TypeError(
             f"{name} must be a NumPy array of float16, float32 or float64, "
             f"got {type(x).__module__}.{type(x).__qualname__}")
+    if type(x) is not np.ndarray and isinstance(x, (np.matrix, np.ma.MaskedArray)):
+        # matrix keeps 2 dimensions under reshape, and a mask would be silently ignored
+        raise TypeError(
+            f"{name} must be a plain ndarray, got {type(x).__module__}.{type(x).__qualname__}"
+            ": pass np.asarray(x) (or fill/compress a masked array first)")
     cdt = _compute_dtype(x.dtype)
     if cdt is None:
         raise TypeError(
@@ -528,6 +533,6 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
                  1.0 / np.sqrt(running_var.astype(np.float64) + eps))
     x = input if input.dtype == xdt else input.astype(xdt)
     saved = _SavedInput(input, as_ncl(x, axis), xdt, axis)
-    gdt = None if weight is not None else xdt
+    gdt = weight.dtype if weight is not None else xdt
     return _backward(grad_output, saved, weight, stats, training, True, True, gdt, n_threads,
                      out=out)

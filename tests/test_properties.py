@@ -254,9 +254,8 @@ def test_functional_training_matches_oracle(case):
     gi, gw, gb = F.batch_norm_backward(dy, x, w, save_mean, save_invstd, axis=axis,
                                        n_threads=case["n_threads"])
     assert gi.shape == x.shape and gi.dtype == x.dtype
-    # documented: weight's dtype, else the input's compute dtype; a float16 weight gives
-    # float32 (reported bug, see test_grad_dtype_follows_float16_weight)
-    gdt = COMPUTE[w.dtype] if w is not None else COMPUTE[dtype]
+    # documented: weight's dtype, else the input's compute dtype
+    gdt = w.dtype if w is not None else COMPUTE[dtype]
     assert gw.dtype == gb.dtype == gdt
     if n == 0:
         assert gi.size == 0
@@ -293,7 +292,7 @@ def test_functional_evaluation_matches_oracle(case):
                                        running_var=rv, eps=eps, axis=axis,
                                        n_threads=case["n_threads"])
     assert gi.shape == x.shape and gi.dtype == x.dtype
-    gwdt = COMPUTE[w.dtype] if w is not None else COMPUTE[dtype]
+    gwdt = w.dtype if w is not None else COMPUTE[dtype]
     assert gw.dtype == gb.dtype == gwdt
     # backward takes the running statistics in float64 and the weight in its own dtype
     wb = None if w is None else w.astype(np.float64)
@@ -455,8 +454,6 @@ def test_bitwise_identical_for_every_thread_count(case, layout):
                 a, b, equal_nan=True)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a float16 weight gives float32 grad_weight/"
-                   "grad_bias, the docstring says weight's dtype")
 def test_grad_dtype_follows_float16_weight():
     x = np.arange(12, dtype=np.float32).reshape(4, 3)
     w = np.ones(3, np.float16)

@@ -188,11 +188,11 @@ def render(torch_ok):
     add("")
     add("## Known limitations")
     add("")
-    add("* **float64 data beyond ~1e154** (reported; `tests/test_precision.py` marks these as")
-    add("  expected failures): the squared rounding error of the first-pass mean overflows, so a")
-    add("  constant float64 channel at 1e200 (n = 1000) gives NaN output, a NaN running_var and a")
-    add("  false `check_finite` error; and once `n * var` exceeds DBL_MAX (1e153 * randn,")
-    add(f"  n = 10^4, true var 1e306) the variance overflows to inf and `y = b`. "
+    add("* **float64 variance near DBL_MAX** (`tests/test_precision.py` marks it as an expected")
+    add("  failure): huge float64 data is handled (a constant channel at 1e300 gives exactly the")
+    add("  bias: deviations are rescaled in the double fallback), but once `n * var` exceeds")
+    add("  DBL_MAX (1e153 * randn, n = 10^4, true var 1e306) the sum of squared deviations")
+    add(f"  overflows to inf and `y = b`, as in torch. "
         f"Measured for `{A.F64_OVERFLOW.id}`: y error "
         f"{fmt(A.measure(A.F64_OVERFLOW)[0])} (torch: "
         f"{fmt(A.measure(A.F64_OVERFLOW, 'torch')[0]) if torch_ok else '—'}).")
