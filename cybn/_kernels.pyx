@@ -47,6 +47,12 @@ cdef enum:
     TILE_ELEMS = 65536
     # Channels per tile; also the size of the per-tile stack accumulators.
     TILE_CHANNELS = 1024
+    # (N, C, L) input whose channel slab (N * L elements) is at most this many bytes, with
+    # at least SLAB_MIN_CHANNELS channels, is processed one channel at a time: statistics
+    # and the output pass (or the backward sums and grad_input) run while the slab is in
+    # L2, so the input is read from memory once instead of twice.
+    SLAB_BYTES = 1048576
+    SLAB_MIN_CHANNELS = 8
     # Accumulators per contiguous-run reduction (_lanes_total sums exactly this many), and
     # how many values are combined in the input's type before they are added in double.
     LANES = 16
@@ -116,6 +122,10 @@ cdef inline _Tile _tile(const _Plan* p, Py_ssize_t t) noexcept nogil:
     tile.l1 = tile.l0 + p.tl if tile.l0 + p.tl < p.L else p.L
     tile.slot = i_n * p.bl + il
     return tile
+
+
+cdef inline int _slab_team(const _Plan* p, int n_threads) noexcept nogil:
+    return n_threads if n_threads < p.C else <int>p.C
 
 
 cdef inline int _team(const _Plan* p, int n_threads) noexcept nogil:
@@ -500,6 +510,113 @@ cdef void _tile_grad_input(const floating* dy, const floating* x, floating* dx,
 
 
 # ---------------------------------------------------------------------------------------
+# Channel slabs: one channel over all N and L (shape-dependent choice, so results stay
+# identical for every thread count).
+
+cdef inline bint _slab_mode(const _Plan* p, size_t itemsize) noexcept nogil:
+    return (p.L > 1 and p.C >= SLAB_MIN_CHANNELS
+            and <size_t>(p.N * p.L) * itemsize <= <size_t>SLAB_BYTES)
+
+
+cdef inline _Tile _slab(const _Plan* p, Py_ssize_t c) noexcept nogil:
+    cdef _Tile tl
+    tl.n0 = 0
+    tl.n1 = p.N
+    tl.c0 = c
+    tl.c1 = c + 1
+    tl.l0 = 0
+    tl.l1 = p.L
+    tl.slot = 0
+    return tl
+
+
+cdef void _slab_forward(const floating* x, floating* out, const _Plan* p, Py_ssize_t c,
+                        double eps, double w, double b, double* mean, double* var,
+                        double* invstd) noexcept nogil:
+    """Statistics of channel c (as _tile_stats, over the whole slab), then its output."""
+    cdef _Tile tl = _slab(p, c)
+    cdef Py_ssize_t n, i, L = p.L
+    cdef double count = <double>(p.N * L)
+    cdef double acc = 0, dev = 0, sq = 0, m, m2, scale
+    cdef floating zero = 0, shift, hi, lo, sc, sh
+    cdef const floating* r
+    cdef floating* o
+    for n in range(p.N):
+        acc += _run_dev(_run_ptr(x, p, n, c, 0), L, zero, False)
+    shift = <floating>(acc / count)
+    for n in range(p.N):
+        r = _run_ptr(x, p, n, c, 0)
+        dev += _run_dev(r, L, shift, False)
+        sq += _run_dev(r, L, shift, True)
+    m = shift + dev / count
+    m2 = sq - dev * dev / count
+    if not (m - m == 0 and m2 - m2 == 0) or (floating is float and sq < _TINY * count):
+        _channel_exact(x, NULL, p, &tl, c, 0.0, &m, &m2)
+    mean[0] = m
+    var[0] = m2 / count
+    invstd[0] = 1.0 / sqrt(var[0] + eps)
+    scale = invstd[0] * w
+    hi = <floating>m
+    lo = <floating>(m - <double>hi)
+    sc = <floating>scale
+    sh = <floating>b
+    if (scale - scale == 0 and sc - sc != 0) or (b - b == 0 and sh - sh != 0):
+        # constants that overflow the input's type: this channel in double
+        for n in range(p.N):
+            r = _run_ptr(x, p, n, c, 0)
+            o = out + (r - x)
+            for i in range(L):
+                o[i] = <floating>((r[i] - m) * scale + b)
+        return
+    for n in range(p.N):
+        r = _run_ptr(x, p, n, c, 0)
+        o = out + (r - x)
+        for i in range(L):
+            o[i] = ((r[i] - hi) - lo) * sc + sh
+
+
+cdef void _slab_backward(const floating* dy, const floating* x, floating* dx,
+                         const _Plan* p, Py_ssize_t c, double center, double invstd,
+                         double scale, bint training, bint need_sums,
+                         double* sum_dy, double* sum_dyx) noexcept nogil:
+    """Backward sums of channel c (as _tile_dot, over the whole slab), then its grad_input
+    (when dx is not NULL) while the slab is in cache."""
+    cdef _Tile tl = _slab(p, c)
+    cdef Py_ssize_t n, i, L = p.L
+    cdef double count = <double>(p.N * L)
+    cdef double sdy = 0, sdyx = 0, md, k
+    cdef floating zero = 0, cen = <floating>center
+    cdef const floating* g
+    cdef const floating* r
+    cdef floating* o
+    if need_sums:
+        for n in range(p.N):
+            g = _run_ptr(dy, p, n, c, 0)
+            sdy += _run_dev(g, L, zero, False)
+            sdyx += _run_dot(g, _run_ptr(x, p, n, c, 0), L, cen)
+        sdyx += (<double>cen - center) * sdy
+        if (not (sdy - sdy == 0 and sdyx - sdyx == 0)
+                or (floating is float and sdy != 0 and fabs(sdyx) < _TINY * count)):
+            _channel_exact(x, dy, p, &tl, c, center, &sdy, &sdyx)
+    sum_dy[0] = sdy
+    sum_dyx[0] = sdyx
+    if dx == NULL:
+        return
+    md = sdy / count
+    k = sdyx * invstd * invstd / count
+    for n in range(p.N):
+        g = _run_ptr(dy, p, n, c, 0)
+        o = dx + (g - dy)
+        if training:
+            r = _run_ptr(x, p, n, c, 0)
+            for i in range(L):
+                o[i] = <floating>(((g[i] - md) - (r[i] - center) * k) * scale)
+        else:
+            for i in range(L):
+                o[i] = <floating>(g[i] * scale)
+
+
+# ---------------------------------------------------------------------------------------
 # Whole-array drivers (nogil). Each returns -1 when scratch memory cannot be allocated.
 
 cdef int _stats(const floating* x, const _Plan* p, int n_threads,
@@ -738,6 +855,19 @@ def forward_training(const floating[:, :, ::1] x,      # IN  (N, C, L)
     var = &stats[2, 0]
     p = _make_plan(N, C, L)
     buf = _alloc_channels(C, 2)
+    if not check_finite and _slab_mode(&p, sizeof(floating)):
+        with nogil:
+            for c in range(C):
+                buf[c] = weight[c] if weight is not None else 1.0
+                buf[C + c] = bias[c] if bias is not None else 0.0
+            for c in prange(C, schedule='static', num_threads=_slab_team(&p, n_threads),
+                            use_threads_if=_slab_team(&p, n_threads) > 1):
+                _slab_forward(&x[0, 0, 0], &out[0, 0, 0], &p, c, eps, buf[c], buf[C + c],
+                              &mean[c], &var[c], &invstd[c])
+            if running_mean is not None:
+                _update(C, running_mean, running_var, mean, var, var_scale, factor)
+        free(buf)
+        return 0
     with nogil:
         rc = _stats(&x[0, 0, 0], &p, n_threads, mean, var)
         if rc == 0:
@@ -851,6 +981,7 @@ cdef int _backward(const floating[:, :, ::1] grad_output, const floating[:, :, :
     cdef bint need_sums = training or grad_weight is not None or grad_bias is not None
     cdef double* buf
     cdef _Plan p
+    cdef _Plan p0 = _make_plan(N if N > 0 else 1, C if C > 0 else 1, L if L > 0 else 1)
     cdef int rc = 0
     if C == 0:
         return 0
@@ -860,7 +991,16 @@ cdef int _backward(const floating[:, :, ::1] grad_output, const floating[:, :, :
     # buf: [sum_dy | sum_dy_xmu | scale | mean_dy | k]
     for c in range(2 * C):
         buf[c] = 0
-    if not _empty(N, C, L):
+    if not _empty(N, C, L) and _slab_mode(&p0, sizeof(floating)):
+        for c in range(C):
+            buf[2 * C + c] = invstd[c] * weight[c] if weight is not None else invstd[c]
+        for c in prange(C, schedule='static', num_threads=_slab_team(&p0, n_threads),
+                        use_threads_if=_slab_team(&p0, n_threads) > 1):
+            _slab_backward(&grad_output[0, 0, 0], &x[0, 0, 0],
+                           &grad_input[0, 0, 0] if grad_input is not None else NULL,
+                           &p0, c, center[c], invstd[c], buf[2 * C + c], training,
+                           need_sums, &buf[c], &buf[C + c])
+    elif not _empty(N, C, L):
         p = _make_plan(N, C, L)
         if need_sums:
             rc = _dot(&grad_output[0, 0, 0], &x[0, 0, 0], &p, n_threads, center,
