@@ -53,6 +53,9 @@ cdef enum:
     # L2, so the input is read from memory once instead of twice.
     SLAB_BYTES = 1048576
     SLAB_MIN_CHANNELS = 8
+    # ... and only when its runs are long: a slab of short runs strided by C * L touches a
+    # new page per run, which measured slower than the tiles' contiguous blocks.
+    SLAB_MIN_RUN_BYTES = 32768
     # Accumulators per contiguous-run reduction (_lanes_total sums exactly this many), and
     # how many values are combined in the input's type before they are added in double.
     LANES = 16
@@ -514,7 +517,8 @@ cdef void _tile_grad_input(const floating* dy, const floating* x, floating* dx,
 # identical for every thread count).
 
 cdef inline bint _slab_mode(const _Plan* p, size_t itemsize) noexcept nogil:
-    return (p.L > 1 and p.C >= SLAB_MIN_CHANNELS
+    return (p.C >= SLAB_MIN_CHANNELS
+            and <size_t>p.L * itemsize >= <size_t>SLAB_MIN_RUN_BYTES
             and <size_t>(p.N * p.L) * itemsize <= <size_t>SLAB_BYTES)
 
 
