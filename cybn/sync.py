@@ -179,9 +179,10 @@ class SyncBatchNorm(_BatchNorm):
         C, the number of channels (axis 1).
     eps : float, default 1e-5
         Added to the variance; must be > 0 when batch statistics are used.
-    momentum : float in [0, 1] or None, default 0.1
-        Weight of the new batch in the running statistics (PyTorch's convention);
-        None gives the cumulative average.
+    momentum : float or None, default 0.1
+        Weight of the new batch in the running statistics (PyTorch's convention; values
+        outside [0, 1] extrapolate, NaN/Inf are rejected); None gives the cumulative
+        average.
     affine : bool, default True
         Learnable ``weight`` (ones) and ``bias`` (zeros).
     track_running_stats : bool, default True
