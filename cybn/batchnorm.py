@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import collections.abc
 import numbers
+import warnings
 
 import numpy as np
 
@@ -39,9 +40,16 @@ def _as_state_array(value, key):
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without torch
         value = value.detach().cpu().numpy()
     try:
-        return np.asarray(value)
+        with warnings.catch_warnings():
+            # NumPy < 1.24 makes an object array of a ragged list, with a warning
+            warnings.simplefilter("error", getattr(np, "VisibleDeprecationWarning", Warning))
+            arr = np.asarray(value)
     except Exception as exc:
         raise TypeError(f"state_dict[{key!r}] is not array-like: {exc}") from exc
+    if arr.dtype == object and arr.ndim > 0:
+        raise TypeError(f"state_dict[{key!r}] is not array-like: it converts to an object "
+                        "array (a ragged or non-numeric sequence)")
+    return arr
 
 
 def _cast_state(value, dtype, key):

@@ -76,9 +76,10 @@ def _check_input(x, name="input"):
             f"got {type(x).__module__}.{type(x).__qualname__}")
     if type(x) is not np.ndarray and isinstance(x, (np.matrix, np.ma.MaskedArray)):
         # matrix keeps 2 dimensions under reshape, and a mask would be silently ignored
+        kind = "numpy.matrix" if isinstance(x, np.matrix) else "numpy.ma.MaskedArray"
         raise TypeError(
-            f"{name} must be a plain ndarray, got {type(x).__module__}.{type(x).__qualname__}"
-            ": pass np.asarray(x) (or fill/compress a masked array first)")
+            f"{name} must be a plain ndarray, got {kind}: pass np.asarray(x) (or "
+            "fill/compress a masked array first)")
     cdt = _compute_dtype(x.dtype)
     if cdt is None:
         raise TypeError(
