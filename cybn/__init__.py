@@ -26,7 +26,7 @@ from . import compat, functional
 from ._config import show_config
 from ._openmp import openmp_enabled
 from ._threads import get_num_threads, set_num_threads
-from ._torch_io import load_torch_state_dict
+from ._torch_io import TorchCheckpointError, UnsafeCheckpointError, load_torch_state_dict
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .fold import fold_conv, fold_linear
 from .serialization import load, save
@@ -39,6 +39,8 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "SyncBatchNorm",
+    "TorchCheckpointError",
+    "UnsafeCheckpointError",
     "__version__",
     "compat",
     "fold_conv",

@@ -163,8 +163,12 @@ def show_config(file: TextIO | None = None) -> None:
         add(f"  OpenMP runtime       : {r['filepath']}"
             f" ({r['prefix']}{version}, {r['num_threads']} threads)")
     if len(runtimes) > 1:
-        add("  WARNING: more than one OpenMP runtime is loaded in this process; see the README's"
-            " 'OpenMP pitfalls'")
+        if len({r["prefix"] for r in runtimes}) > 1:
+            add("  WARNING: OpenMP runtimes of different families are loaded in this process"
+                " (a libomp/libiomp5 mix can crash); see the README's 'OpenMP pitfalls'")
+        else:
+            add("  note: several copies of one OpenMP runtime are loaded (they coexist; their"
+                " threads share the cores, see the README's 'OpenMP pitfalls')")
     pools = info["threadpools"]
     if isinstance(pools, str):
         add(f"  other thread pools   : {pools}")

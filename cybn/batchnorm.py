@@ -251,6 +251,12 @@ class _BatchNorm:
 
     # -- computation ---------------------------------------------------------------------
 
+    def _check_state(self, C):
+        # The arrays are public attributes a user may have replaced (bn.weight = ...): the
+        # kernels read C elements of each, so a wrong length must be caught here.
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            F._check_channels(getattr(self, name), f"self.{name}", C)
+
     def _check_input_dim(self, input):
         F._check_ndim(input, self._expected_ndims)
 
@@ -272,10 +278,14 @@ class _BatchNorm:
             else:
                 name = None  # like torch: no per-channel state, any C is accepted
             if name is not None:
+                hint = ""
+                if axis != input.ndim - 1 and input.shape[-1] == nf:
+                    hint = " (if the channels are the last axis, pass axis=-1)"
                 raise ValueError(
                     f"{name} should contain {C} elements not {nf}: input of shape "
                     f"{input.shape} has {C} channels along axis {axis}, but this module "
-                    f"has num_features={nf}")
+                    f"has num_features={nf}{hint}")
+        self._check_state(nf)
         use_batch_stats = self.training or self.running_mean is None
         update = (self.training and self.track_running_stats
                   and self.running_mean is not None)
@@ -332,6 +342,8 @@ class _BatchNorm:
             raise RuntimeError(
                 "backward() called before forward(): there is no batch to differentiate")
         F._check_input(grad_output, "grad_output")
+        if self.weight is not None:
+            F._check_channels(self.weight, "self.weight", cache.stats[0].shape[0])
         shape = cache.saved.input.shape
         if grad_output.shape != shape:
             raise ValueError(

@@ -109,7 +109,10 @@ def _check_channels(a, name, C, axis=1):
     if a is None or (type(a) is np.ndarray and a.shape == (C,) and a.dtype in _COMPUTE):
         return
     _check_input(a, name)
-    if a.ndim != 1 or a.shape[0] != C:
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of shape ({C},) (the input has {C} "
+                         f"channels along axis {axis}), got shape {a.shape}")
+    if a.shape[0] != C:
         raise ValueError(
             f"{name} should contain {C} elements not {a.size} "
             f"(the input has {C} channels along axis {axis}; {name} has shape {a.shape})")

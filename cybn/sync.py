@@ -367,6 +367,7 @@ class SyncBatchNorm(_BatchNorm):
                 f"{name} should contain {C} elements not {nf}: input of shape "
                 f"{input.shape} has {C} channels along axis {axis}, but this module has "
                 f"num_features={nf}")
+        self._check_state(nf)
         eps = F._check_eps(self.eps, True)
         update = self.track_running_stats and self.running_mean is not None
         factor = 0.0

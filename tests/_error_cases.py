@@ -357,8 +357,19 @@ ROWS = [
         "weight has shape (4,))"),
     Row("F-weight-2d", FF, "weight 2-D with C elements",
         "F.batch_norm(x, rm, rv, weight=np.ones((3, 1), np.float32))", V,
-        "weight should contain 3 elements not 3 (the input has 3 channels along axis 1; "
-        "weight has shape (3, 1))", note="the shape at the end explains \"3 not 3\""),
+        "weight must be a 1-D array of shape (3,) (the input has 3 channels along axis 1), "
+        "got shape (3, 1)"),
+    Row("mod-weight-replaced", MF, "a module parameter replaced by a shorter array",
+        "m2(x)", V,
+        "self.weight should contain 3 elements not 2 (the input has 3 channels along axis 1; "
+        "self.weight has shape (2,))",
+        setup="m2 = cybn.BatchNorm1d(3); m2.weight = np.ones(2, np.float32)",
+        note="the kernels read C elements: a replaced attribute is checked on every call"),
+    Row("mod-running-var-replaced", MF, "a running statistic replaced by a shorter array",
+        "m2(x)", V,
+        "self.running_var should contain 3 elements not 2 (the input has 3 channels along "
+        "axis 1; self.running_var has shape (2,))",
+        setup="m2 = cybn.BatchNorm1d(3); m2.running_var = np.ones(2, np.float32)"),
     Row("F-bias-shape", FF, "bias of the wrong length",
         "F.batch_norm(x, rm, rv, bias=np.ones(2, np.float32))", V,
         "bias should contain 3 elements not 2 (the input has 3 channels along axis 1; "
