@@ -276,12 +276,10 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
     nt = effective_n_threads(n_threads)
     w, b, rm, rv, pdt = _kernel_params(weight, bias, running_mean, running_var, xdt)
     if use_batch_stats:
-        stats = np.empty((3, C))
         if count == 0:
-            stats[0] = 0.0
-            stats[1] = 1.0 / np.sqrt(eps)
-            stats[2] = 0.0
+            stats = _empty_batch_stats(C, eps)
         else:
+            stats = np.empty((3, C))
             # count > 1 here: one value per channel is rejected before any work in training
             var_scale = count / (count - 1) if unbiased else 1.0
             bad = _FORWARD_TRAINING[xdt, pdt](x3, w, b, rm if update_stats else None,
@@ -303,6 +301,13 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
         _FORWARD_INFERENCE[xdt, pdt](x3, w, b, rm, rv, eps, out3, stats, nt)
     saved = _SavedInput(input, view, xdt, axis) if keep else None
     return _deliver(res, out, input.dtype), stats, saved, count
+
+
+def _empty_batch_stats(C, eps):
+    """(3, C) float64 statistics of an empty batch: mean 0, invstd 1/sqrt(eps), var 0."""
+    stats = np.zeros((3, C))
+    stats[1] = 1.0 / np.sqrt(eps)
+    return stats
 
 
 def _backward(grad_output, saved, weight, stats, training, need_weight, need_bias, gdt,

@@ -442,12 +442,10 @@ class SyncBatchNorm(_BatchNorm):
                     f"the global batch holds NaN or Inf in channel(s) "
                     f"{np.flatnonzero(bad).tolist()} (axis {self.axis}) and check_finite "
                     "is on: nothing was updated")
-        stats = np.empty((3, C))
         if n == 0:
-            stats[0] = 0.0
-            stats[1] = 1.0 / np.sqrt(eps)
-            stats[2] = 0.0
+            stats = F._empty_batch_stats(C, eps)
         else:
+            stats = np.empty((3, C))
             stats[0] = rec[1:, 1]
             np.divide(rec[1:, 2], n, out=stats[2])
             stats[1] = 1.0 / np.sqrt(stats[2] + eps)

@@ -458,3 +458,12 @@ T6_DBETA = np.array([3.0, 0.0])
 #: tolerance for values printed with ~10 significant digits
 GOLD_ATOL = 2e-9
 GOLD_RTOL = 1e-9
+
+
+def gold(actual, expected, dtype=np.float64, f32_tol=1e-6):
+    """Compare with a golden vector: torch's float64 values to GOLD_RTOL/GOLD_ATOL; float32
+    (and float16-computed) results to ``f32_tol``, relative and absolute."""
+    if np.dtype(dtype) == np.float64:
+        np.testing.assert_allclose(actual, expected, rtol=GOLD_RTOL, atol=GOLD_ATOL)
+    else:
+        np.testing.assert_allclose(actual, expected, rtol=f32_tol, atol=f32_tol)

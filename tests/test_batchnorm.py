@@ -11,8 +11,6 @@ import pickle
 import numpy as np
 import pytest
 from _reference import (
-    GOLD_ATOL,
-    GOLD_RTOL,
     T1_EVAL_Y,
     T1_RM,
     T1_RV,
@@ -34,6 +32,9 @@ from _reference import (
     forward_batch,
     forward_eval,
 )
+from _reference import (
+    gold as _gold,
+)
 
 import cybn
 
@@ -41,11 +42,7 @@ DTYPES = [np.float32, np.float64]
 SHAPES = [(16, 3), (8, 4, 5)]
 
 
-def gold(actual, expected, dtype):
-    if np.dtype(dtype) == np.float64:
-        np.testing.assert_allclose(actual, expected, rtol=GOLD_RTOL, atol=GOLD_ATOL)
-    else:
-        np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
+gold = _gold
 
 
 def pair(C, dtype=np.float32, **kw):
