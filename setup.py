@@ -21,10 +21,20 @@ If no candidate works the package is built serially. That build is complete and 
 Cython wraps every ``prange`` pragma in ``#ifdef _OPENMP`` and ``cybn/_openmp.pxd`` stubs the
 OpenMP runtime calls. The decision is printed loudly (``pip install -v`` shows it).
 
+Kernel builds
+-------------
+The kernels are compiled twice from one source (``cybn/_kernels_impl.pxi``): ``cybn._kernels``
+for the target's baseline instruction set, and, on x86-64 targets, ``cybn._kernels_avx2`` with
+AVX2 enabled (GCC/Clang ``-mavx2``, MSVC ``/arch:AVX2``; dropped with a notice if the compiler
+rejects the flag). ``cybn._backend`` picks one at import from a CPUID check. Every module is
+compiled with floating-point contraction off (GCC/Clang ``-ffp-contract=off``; MSVC does not
+contract under /fp:precise), so no FMA changes results between builds or architectures.
+
 Environment switches
 --------------------
 CYBN_OPENMP=0          serial build; no probe.
 CYBN_REQUIRE_OPENMP=1  a failed probe is fatal instead of falling back to a serial build.
+CYBN_AVX2=0            do not build cybn._kernels_avx2 (baseline kernels only).
 CYBN_DEBUG=1           Cython boundscheck, wraparound and initializedcheck on; compile with
                        -O0 -g (MSVC: /Od). For test jobs only: never ship such a build.
 
@@ -69,6 +79,11 @@ COMPILER_DIRECTIVES = {
     "binding": True,
 }
 DEBUG_DIRECTIVES = {"boundscheck": True, "wraparound": True, "initializedcheck": True}
+
+# The module compiled with AVX2 (x86-64 targets only), and its flags per compiler.
+AVX2_MODULE = "cybn._kernels_avx2"
+AVX2_ARGS = {"msvc": ["/arch:AVX2"]}
+AVX2_ARGS_DEFAULT = ["-mavx2"]
 
 # Compiled with and without OpenMP. Without it, _OPENMP is undefined and #error fires.
 OPENMP_PROBE_SOURCE = r"""
@@ -130,8 +145,8 @@ def _openmp_candidates(compiler_type):
 class CybnBuildExt(build_ext):
     """build_ext that probes OpenMP, applies flags and directives, then cythonizes."""
 
-    def _probe_openmp(self, compile_args, link_args):
-        """Compile and link OPENMP_PROBE_SOURCE as a shared object; True if both succeed.
+    def _probe_openmp(self, compile_args, link_args, source=OPENMP_PROBE_SOURCE):
+        """Compile and link `source` as a shared object; True if both succeed.
 
         Runs inside a temporary directory with a relative source path: with an absolute path
         distutils would nest the object file under a copy of the temporary path.
@@ -141,7 +156,7 @@ class CybnBuildExt(build_ext):
         try:
             os.chdir(tmpdir)
             with open("cybn_openmp_probe.c", "w") as f:
-                f.write(OPENMP_PROBE_SOURCE)
+                f.write(source)
             objects = self.compiler.compile(
                 ["cybn_openmp_probe.c"], output_dir=".", extra_postargs=compile_args
             )
@@ -229,7 +244,10 @@ class CybnBuildExt(build_ext):
             opt_args = ["/Od"] if debug else ["/O2"]
         else:
             # Never -ffast-math (NaN/Inf semantics must follow torch) nor -march=native (wheels).
+            # Contraction off: a fused multiply-add would change results between the baseline
+            # and AVX2 builds, and between x86-64 and aarch64 (GCC contracts by default).
             opt_args = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"]
+            opt_args.append("-ffp-contract=off")
         if debug:
             directives.update(DEBUG_DIRECTIVES)
             _banner(
@@ -237,7 +255,10 @@ class CybnBuildExt(build_ext):
                 f" {' '.join(opt_args)}"
             )
 
+        avx2_args = self._choose_avx2()
+
         config = {
+            "avx2_args": avx2_args,
             "cython": Cython.__version__,
             "directives": directives,
             "compile_args": opt_args + omp_compile,
@@ -257,7 +278,8 @@ class CybnBuildExt(build_ext):
                 quiet=False,
             )
             ext.sources = cythonized.sources
-            ext.extra_compile_args = [*ext.extra_compile_args, *opt_args, *omp_compile]
+            isa = avx2_args if ext.name == AVX2_MODULE else []
+            ext.extra_compile_args = [*ext.extra_compile_args, *opt_args, *omp_compile, *isa]
             ext.extra_link_args = [*ext.extra_link_args, *omp_link]
 
         super().build_extensions()
@@ -270,7 +292,23 @@ class CybnBuildExt(build_ext):
             debug=debug,
             directives=directives,
             cython_version=Cython.__version__,
+            kernel_builds=["baseline"] + (["avx2"] if avx2_args is not None else []),
+            avx2_args=avx2_args,
         )
+
+    def _choose_avx2(self):
+        """Return the AVX2 compile args, or None after removing the AVX2 module from the build."""
+        ext = next((e for e in self.extensions if e.name == AVX2_MODULE), None)
+        if ext is None:  # not an x86-64 target, or CYBN_AVX2=0 (see _extensions)
+            return None
+        args = AVX2_ARGS.get(self.compiler.compiler_type, AVX2_ARGS_DEFAULT)
+        if self._probe_openmp(args, [], source="int cybn_avx2_probe(void) { return 0; }\n"):
+            print(f"cybn: building {AVX2_MODULE} with {args}", flush=True)
+            return args
+        self.extensions.remove(ext)
+        _banner(f"cybn: the compiler rejects {args}: {AVX2_MODULE} is not built;"
+                " cybn will run its baseline kernels on every CPU")
+        return None
 
     def _compiler_description(self):
         """(compiler type, executable, first line of `<cc> --version` or None)."""
@@ -302,6 +340,8 @@ class CybnBuildExt(build_ext):
             "openmp_link_args": list(facts["omp_link"]),
             "optimization_args": list(facts["opt_args"]),
             "debug": facts["debug"],
+            "kernel_builds": facts["kernel_builds"],
+            "avx2_args": facts["avx2_args"],
             "cython_version": facts["cython_version"],
             "cython_directives": dict(sorted(facts["directives"].items())),
             "compiler_type": ctype,
@@ -311,7 +351,7 @@ class CybnBuildExt(build_ext):
             "build_python": sys.version.split()[0],
             "environment": {
                 name: os.environ[name]
-                for name in ("CYBN_OPENMP", "CYBN_REQUIRE_OPENMP", "CYBN_DEBUG", "CC",
+                for name in ("CYBN_OPENMP", "CYBN_REQUIRE_OPENMP", "CYBN_DEBUG", "CYBN_AVX2", "CC",
                              "CFLAGS", "CPPFLAGS", "LDFLAGS", "MACOSX_DEPLOYMENT_TARGET")
                 if name in os.environ
             },
@@ -327,13 +367,26 @@ class CybnBuildExt(build_ext):
         print(f"cybn: wrote build record {path}", flush=True)
 
 
+def _x86_64_target():
+    # the platform being built for (cibuildwheel/crossenv set _PYTHON_HOST_PLATFORM, which
+    # sysconfig honours); universal2 holds an arm64 slice, so it gets no AVX2 module
+    return sysconfig.get_platform().lower().endswith(("x86_64", "amd64"))
+
+
 def _extensions():
     sources = sorted(glob(os.path.join("cybn", "*.pyx"), root_dir=HERE))
     if not sources:
         raise PlatformError(f"cybn: no cybn/*.pyx under {HERE}")
-    return [
-        Extension(f"cybn.{os.path.splitext(os.path.basename(src))[0]}", [src]) for src in sources
+    exts = [
+        Extension(f"cybn.{os.path.splitext(os.path.basename(src))[0]}", [src],
+                  depends=sorted(glob(os.path.join("cybn", "*.pxi"), root_dir=HERE)))
+        for src in sources
     ]
+    if not (_x86_64_target() and _env_flag("CYBN_AVX2", True)):
+        print(f"cybn: {AVX2_MODULE} skipped (target {sysconfig.get_platform()},"
+              f" CYBN_AVX2={os.environ.get('CYBN_AVX2')})", flush=True)
+        exts = [e for e in exts if e.name != AVX2_MODULE]
+    return exts
 
 
 setup(

@@ -48,6 +48,7 @@ def config_info() -> dict[str, Any]:
     import cybn
 
     from . import _threads
+    from ._backend import kernels_info
     from ._openmp import omp_max_threads, openmp_enabled
 
     pools = _threadpools()
@@ -59,6 +60,7 @@ def config_info() -> dict[str, Any]:
             "version": cybn.__version__,
             "location": os.path.dirname(os.path.abspath(cybn.__file__)),
             "openmp_enabled": openmp_enabled(),
+            "kernels": kernels_info(),
         },
         "build": _build_record(),
         "threads": {
@@ -102,7 +104,8 @@ def _fmt(value: Any) -> str:
 def show_config(file: TextIO | None = None) -> None:
     """Print how cybn was built and what it runs with (paste this into bug reports).
 
-    Shows the cybn version and location; the build record (OpenMP on/off with its compile and
+    Shows the cybn version and location; which kernel build runs (baseline or AVX2, see
+    ``CYBN_KERNELS`` in the README); the build record (OpenMP on/off with its compile and
     link flags, optimisation and debug flags, Cython version and directives, compiler, build
     platform); the default thread count and what it is derived from; every OpenMP runtime
     loaded in this process with its file (from threadpoolctl: a wheel's should be the copy
@@ -124,6 +127,11 @@ def show_config(file: TextIO | None = None) -> None:
     add(f"  version              : {c['version']}")
     add(f"  location             : {c['location']}")
     add(f"  OpenMP               : {'enabled' if c['openmp_enabled'] else 'DISABLED (serial build)'}")
+    k = c["kernels"]
+    add(f"  kernels              : {k['selected']} ({k['module']}; built: {_fmt(k['built'])};"
+        f" CPU has AVX2: {'yes' if k['cpu_has_avx2'] else 'no'}"
+        + (f"; CYBN_KERNELS={k['CYBN_KERNELS']!r}" if k["CYBN_KERNELS"] is not None else "")
+        + ")")
 
     b = info["build"]
     add("build")
@@ -133,6 +141,7 @@ def show_config(file: TextIO | None = None) -> None:
         add(f"  OpenMP compile args  : {_fmt(b.get('openmp_compile_args'))}")
         add(f"  OpenMP link args     : {_fmt(b.get('openmp_link_args'))}")
         add(f"  optimisation args    : {_fmt(b.get('optimization_args'))}")
+        add(f"  AVX2 module args     : {_fmt(b.get('avx2_args'))}")
         add(f"  debug (bounds checks): {b.get('debug')}")
         add(f"  Cython               : {_fmt(b.get('cython_version'))}")
         directives = b.get("cython_directives") or {}

@@ -7,7 +7,7 @@ array, axes 0 and 2 of an (N, C, L) array, ``n = N * L`` values per channel
 (Ioffe & Szegedy 2015, "Batch Normalization", Algorithm 1 and section 3.1).
 
 This module validates, resolves dtypes and layouts and allocates; the arithmetic is done by
-the compiled kernels in ``cybn._kernels``.
+the compiled kernels (``cybn._kernels``, or its AVX2 build; see ``cybn._backend``).
 
 dtype policy
 ------------
@@ -25,7 +25,7 @@ import numbers
 
 import numpy as np
 
-from . import _kernels
+from ._backend import kernels as _kernels
 from ._layout import as_ncl
 from ._threads import effective_n_threads
 

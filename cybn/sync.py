@@ -35,8 +35,8 @@ import math
 
 import numpy as np
 
-from . import _kernels
 from . import functional as F
+from ._backend import kernels as _kernels
 from ._layout import as_ncl
 from ._threads import effective_n_threads
 from .batchnorm import _BatchNorm, _Cache

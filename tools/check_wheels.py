@@ -240,7 +240,8 @@ class Checks:
         # What the sdist must hold, listed before building (the tree may change meanwhile).
         want = ["LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in",
                 "cybn/py.typed", "tests/conftest.py", "tools/wheel_smoke.py"]
-        for pattern in ("cybn/*.pyx", "cybn/*.pxd", "cybn/*.pyi", "cybn/*.py", "tests/*.py"):
+        for pattern in ("cybn/*.pyx", "cybn/*.pxd", "cybn/*.pxi", "cybn/*.pyi", "cybn/*.py",
+                        "tests/*.py"):
             want += [os.path.relpath(p, ROOT).replace(os.sep, "/")
                      for p in glob.glob(os.path.join(ROOT, pattern))]
         want = [w for w in want if not w.endswith("_build_config.py")]
@@ -265,11 +266,12 @@ class Checks:
             wnames = zf.namelist()
         compiled = [n for n in wnames if re.match(r"cybn/[^/]+\.(so|pyd)$", n)]
         expect(len(compiled) == n_pyx, f"wheel has {len(compiled)} compiled modules, expected {n_pyx}")
-        for need in ["cybn/py.typed", "cybn/_kernels.pyi", "cybn/_openmp.pyi",
+        for need in ["cybn/py.typed", "cybn/_kernels.pyi", "cybn/_kernels_avx2.pyi",
+                     "cybn/_cpu.pyi", "cybn/_openmp.pyi",
                      "cybn/_build_config.py", "cybn/__init__.py"]:
             expect(need in wnames, f"wheel lacks {need}")
         expect(any(n.endswith(".dist-info/licenses/LICENSE") for n in wnames), "wheel lacks LICENSE")
-        bad = [n for n in wnames if n.endswith((".pyx", ".pxd", ".c", ".html"))]
+        bad = [n for n in wnames if n.endswith((".pyx", ".pxd", ".pxi", ".c", ".html"))]
         expect(not bad, f"wheel contains sources {bad}")
         self.state.update(sdist=sdists[0], wheel=wheels[0])
         return (f"{os.path.basename(sdists[0])} ({len(names)} files) -> "

@@ -5,6 +5,7 @@
 * every OpenMP runtime loaded in the process is the copy vendored inside the wheel
   (``cybn.libs/`` from auditwheel/delvewheel, ``cybn/.dylibs/`` from delocate), never a system
   one (``--any-runtime`` relaxes this for builds from source, which use the system runtime);
+* an x86-64 wheel carries the AVX2 kernels, and uses them when the CPU has AVX2;
 * a parallel kernel call works;
 * on a free-threaded Python, importing cybn did not re-enable the GIL.
 
@@ -41,6 +42,15 @@ def main(argv=None):
     enabled = cybn.openmp_enabled()
     if enabled == args.serial:
         problems.append(f"openmp_enabled() is {enabled}, expected {not args.serial}")
+
+    from cybn import _backend, _cpu
+
+    kernels = _backend.kernels_info()
+    if sysconfig.get_platform().lower().endswith(("x86_64", "amd64")):
+        if "avx2" not in kernels["built"]:
+            problems.append("an x86-64 wheel without cybn._kernels_avx2")
+        elif _cpu.has_avx2() and kernels["selected"] != "avx2" and not kernels["CYBN_KERNELS"]:
+            problems.append(f"the CPU has AVX2 but {kernels['module']} was chosen")
 
     # Load the runtime for sure and exercise a multi-threaded kernel call.
     x = np.random.default_rng(0).standard_normal((4096, 64)).astype(np.float32)

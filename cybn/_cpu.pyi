@@ -1,0 +1,3 @@
+# Stub for cybn._cpu (compiled from cybn/_cpu.pyx): run-time CPU feature detection.
+
+def has_avx2() -> bool: ...

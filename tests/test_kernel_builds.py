@@ -1,0 +1,169 @@
+"""The two compiled builds of the kernels (baseline and AVX2) and how one is chosen.
+
+Both builds come from cybn/_kernels_impl.pxi and must return bitwise-identical results: a
+user's numbers may not depend on which CPU the wheel landed on. The comparison runs the
+public API in two child processes, one per ``CYBN_KERNELS`` setting, over inputs that reach
+every code path of the kernels: the rows path (L == 1) with channel counts around the tile
+width, contiguous runs of every length class (remainders, short runs, channel slabs),
+float32 and float64 data, mixed parameter dtypes, constant channels, values that take the
+exact double fallback (tiny, huge, non-finite), 1 and 2 threads.
+"""
+
+import os
+import platform
+import subprocess
+import sys
+import sysconfig
+
+import numpy as np
+import pytest
+
+import cybn
+from cybn import _backend, _cpu
+
+X86_64 = sysconfig.get_platform().lower().endswith(("x86_64", "amd64"))
+
+# Run in a child process with CYBN_KERNELS set; writes every result array to an .npz file.
+BATTERY = r"""
+import sys
+import numpy as np
+import cybn
+from cybn import functional as F
+from cybn._backend import kernels
+
+assert kernels.__name__ == sys.argv[2], (kernels.__name__, sys.argv[2])
+rng = np.random.default_rng(20261130)
+shapes = [(7, 5), (64, 3), (33, 1024), (130, 1030), (300, 40), (4096, 17),
+          (3, 2, 1), (5, 3, 7), (4, 3, 16), (9, 2, 63), (6, 4, 64), (5, 3, 65), (17, 3, 224),
+          (2, 9, 1000), (3, 8, 9000), (1, 2, 70000)]
+results = {}
+for si, shape in enumerate(shapes):
+    C = shape[1]
+    for dt in (np.float32, np.float64):
+        for pdt in (np.float32, np.float64):
+            for kind in ("randn", "offset", "constant", "tiny", "huge", "nonfinite"):
+                x = rng.standard_normal(shape)
+                if kind == "offset":
+                    x = 1e4 + 3 * x
+                elif kind == "constant":
+                    x[:, : (C + 1) // 2] = 0.7
+                elif kind == "tiny":
+                    x = x * 1e-30
+                elif kind == "huge":
+                    x = x * (1e30 if dt == np.float32 else 1e250)
+                elif kind == "nonfinite":
+                    x.flat[:: max(1, x.size // 3)] = np.nan
+                    x[-1, 0] = np.inf
+                x = x.astype(dt)
+                g = rng.standard_normal(shape).astype(dt)
+                w = rng.uniform(0.5, 2, C).astype(pdt)
+                b = rng.standard_normal(C).astype(pdt)
+                for nt in (1, 2):
+                    key = f"{si}-{np.dtype(dt).name}-{np.dtype(pdt).name}-{kind}-{nt}"
+                    rm = np.zeros(C, pdt)
+                    rv = np.ones(C, pdt)
+                    y, mean, invstd = F.batch_norm_forward(x, w, b, rm, rv, True, 0.1, 1e-5,
+                                                           n_threads=nt)
+                    gi, gw, gb = F.batch_norm_backward(g, x, w, mean, invstd, n_threads=nt)
+                    ye = F.batch_norm(x, rm, rv, w, b, training=False, n_threads=nt)
+                    ge, _, _ = F.batch_norm_backward(g, x, w, None, None, training=False,
+                                                     running_mean=rm, running_var=rv,
+                                                     n_threads=nt)
+                    for name, a in dict(y=y, mean=mean, invstd=invstd, rm=rm, rv=rv, gi=gi,
+                                        gw=gw, gb=gb, ye=ye, ge=ge).items():
+                        results[f"{key}-{name}"] = a
+np.savez(sys.argv[1], **results)
+"""
+
+
+def _run_battery(tmp_path, build, module):
+    out = tmp_path / f"{build}.npz"
+    env = {**os.environ, "CYBN_KERNELS": build}
+    proc = subprocess.run([sys.executable, "-c", BATTERY, str(out), module],
+                          env=env, capture_output=True, text=True, timeout=600, check=False,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with np.load(out) as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_avx2_build_exists_on_x86_64():
+    # A wheel for x86-64 without the AVX2 module would silently lose the speed-up.
+    if not X86_64:
+        pytest.skip(f"AVX2 kernels are built for x86-64 targets only, this is "
+                    f"{sysconfig.get_platform()}")
+    assert "avx2" in _backend.kernels_info()["built"]
+
+
+@pytest.mark.skipif(not _cpu.has_avx2(), reason="this CPU cannot run the AVX2 build")
+def test_builds_bitwise_identical(tmp_path):
+    base = _run_battery(tmp_path, "baseline", "cybn._kernels")
+    avx2 = _run_battery(tmp_path, "avx2", "cybn._kernels_avx2")
+    assert base.keys() == avx2.keys()
+    assert len(base) > 3000
+    differ = [k for k in base
+              if base[k].dtype != avx2[k].dtype
+              or base[k].tobytes() != avx2[k].tobytes()]
+    assert not differ, f"{len(differ)} results differ between builds, e.g. {differ[:5]}"
+    # the battery is not vacuous: the fallback cases and NaN propagation are in it
+    assert any(np.isnan(v).any() for v in base.values())
+    assert any(np.isfinite(v).all() and np.abs(v.astype(np.float64)).max() > 1e200
+               for v in base.values())
+
+
+def test_default_choice_follows_the_cpu():
+    info = _backend.kernels_info()
+    if os.environ.get("CYBN_KERNELS") is not None:
+        pytest.skip("CYBN_KERNELS is set for this run")
+    expected = "avx2" if ("avx2" in info["built"] and _cpu.has_avx2()) else "baseline"
+    assert info["selected"] == expected
+    assert _backend.kernels.__name__ == {"avx2": "cybn._kernels_avx2",
+                                         "baseline": "cybn._kernels"}[expected]
+
+
+def test_select_rules(monkeypatch):
+    avx2 = _backend._avx2_module()
+    assert _backend._select("baseline") == ("baseline", _backend._baseline)
+    assert _backend._select(" Baseline ")[0] == "baseline"
+    with pytest.raises(ValueError, match=r"CYBN_KERNELS='sse9' is not understood"):
+        _backend._select("sse9")
+    # a CPU without AVX2: auto falls back, an explicit request is refused, never executed
+    monkeypatch.setattr(_cpu, "has_avx2", lambda: False)
+    assert _backend._select("auto") == ("baseline", _backend._baseline)
+    assert _backend._select("") == ("baseline", _backend._baseline)
+    with pytest.raises(RuntimeError, match="does not support AVX2|has no AVX2 build"):
+        _backend._select("avx2")
+    if avx2 is not None:
+        monkeypatch.setattr(_cpu, "has_avx2", lambda: True)
+        assert _backend._select("auto") == ("avx2", avx2)
+        assert _backend._select("AVX2") == ("avx2", avx2)
+
+
+def test_bad_environment_value_fails_import(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "import cybn"],
+                          env={**os.environ, "CYBN_KERNELS": "fastest"},
+                          capture_output=True, text=True, timeout=120, check=False,
+                          cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "CYBN_KERNELS='fastest' is not understood" in proc.stderr
+
+
+def test_cpu_check_agrees_with_the_os():
+    # Linux lists the flags the kernel enabled; has_avx2() must agree (it also checks XCR0).
+    if platform.system() != "Linux" or not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("needs /proc/cpuinfo")
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f
+                      if line.startswith("flags")), None)
+    if flags is None:
+        pytest.skip("no x86 flags line in /proc/cpuinfo")
+    assert _cpu.has_avx2() == ("avx2" in flags)
+
+
+def test_show_config_names_the_kernels():
+    import io
+    buf = io.StringIO()
+    cybn.show_config(file=buf)
+    line = next(ln for ln in buf.getvalue().splitlines() if ln.strip().startswith("kernels"))
+    assert _backend.kernels_info()["selected"] in line
+    assert _backend.kernels.__name__ in line
