@@ -61,6 +61,8 @@ cdef enum:
     # how many values are combined in the input's type before they are added in double.
     LANES = 16
     GROUP = 4
+    # Channels of a tile of runs whose lane accumulators are kept at once (_group_sum).
+    CHANNEL_GROUP = 16
 
 
 cdef struct _Plan:
@@ -145,7 +147,10 @@ cdef inline int _team(const _Plan* p, int n_threads) noexcept nogil:
 # sum). Deviations, squares and products are formed, and combined GROUP at a time, in the
 # input's type (four float32 per SSE vector instead of two doubles); every such group is
 # then accumulated in double, in a fixed order (deterministic for every thread count).
-# The rows path of _tile_stats/_tile_dot combines GROUP rows the same way.
+# A channel's lanes live across all its runs in a tile and are totalled once per tile
+# (_group_sum and friends): with runs of a few hundred elements, totalling per run cost
+# as much as the sums. The rows path of _tile_stats/_tile_dot combines GROUP rows the same
+# way.
 
 cdef inline double _lanes_total(const double* a) noexcept nogil:
     # a fixed pairwise order over the LANES (= 16) accumulators
@@ -153,16 +158,23 @@ cdef inline double _lanes_total(const double* a) noexcept nogil:
             + (((a[1] + a[9]) + (a[5] + a[13])) + ((a[3] + a[11]) + (a[7] + a[15]))))
 
 
-cdef inline double _run_dev(const floating* x, Py_ssize_t n, floating m,
-                            bint square) noexcept nogil:
-    """sum(x - m), or sum((x - m)^2) when `square`, over a contiguous run of n elements."""
-    cdef double total[LANES]
+cdef inline void _lanes_zero(double* a) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(LANES):
+        a[j] = 0
+
+
+cdef inline void _acc_dev(const floating* x, Py_ssize_t n, floating m, bint square,
+                          double* total, double* tail) noexcept nogil:
+    """Add sum(x - m), or sum((x - m)^2) when `square`, over a contiguous run of n elements
+    to the LANES accumulators `total`, the last n % LANES elements to `tail`."""
+    cdef double t[LANES]  # a local copy the compiler keeps in registers
     cdef const floating* q
     cdef floating d0, d1, d2, d3
-    cdef double tail = 0, d
+    cdef double d
     cdef Py_ssize_t i = 0, j
     for j in range(LANES):
-        total[j] = 0
+        t[j] = total[j]
     # Blocks of GROUP * LANES elements: lane j pairs its GROUP values in the input's type,
     # then adds the result to its double accumulator.
     if square:
@@ -173,48 +185,48 @@ cdef inline double _run_dev(const floating* x, Py_ssize_t n, floating m,
                 d1 = q[j + LANES] - m
                 d2 = q[j + 2 * LANES] - m
                 d3 = q[j + 3 * LANES] - m
-                total[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+                t[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
             i += GROUP * LANES
         while n - i >= LANES:  # short runs (small L) and remainders: still vectorised
             q = x + i
             for j in range(LANES):
                 d0 = q[j] - m
-                total[j] += d0 * d0
+                t[j] += d0 * d0
             i += LANES
     else:
         while n - i >= GROUP * LANES:
             q = x + i
             for j in range(LANES):
-                total[j] += (((q[j] - m) + (q[j + LANES] - m))
+                t[j] += (((q[j] - m) + (q[j + LANES] - m))
                              + ((q[j + 2 * LANES] - m) + (q[j + 3 * LANES] - m)))
             i += GROUP * LANES
         while n - i >= LANES:
             q = x + i
             for j in range(LANES):
-                total[j] += q[j] - m
+                t[j] += q[j] - m
             i += LANES
+    for j in range(LANES):
+        total[j] = t[j]
     while i < n:
         d = x[i] - <double>m
-        tail += d * d if square else d
+        tail[0] += d * d if square else d
         i += 1
-    return _lanes_total(total) + tail
 
 
-cdef inline double _run_dot(const floating* dy, const floating* x, Py_ssize_t n,
-                            floating m) noexcept nogil:
-    """sum(dy * (x - m)) over a contiguous run, in the blocks of _run_dev."""
-    cdef double total[LANES]
+cdef inline void _acc_dot(const floating* dy, const floating* x, Py_ssize_t n, floating m,
+                          double* total, double* tail) noexcept nogil:
+    """Add sum(dy * (x - m)) over a contiguous run, in the blocks of _acc_dev."""
+    cdef double t[LANES]
     cdef const floating* g
     cdef const floating* q
-    cdef double tail = 0
     cdef Py_ssize_t i = 0, j
     for j in range(LANES):
-        total[j] = 0
+        t[j] = total[j]
     while n - i >= GROUP * LANES:
         g = dy + i
         q = x + i
         for j in range(LANES):
-            total[j] += ((g[j] * (q[j] - m) + g[j + LANES] * (q[j + LANES] - m))
+            t[j] += ((g[j] * (q[j] - m) + g[j + LANES] * (q[j + LANES] - m))
                          + (g[j + 2 * LANES] * (q[j + 2 * LANES] - m)
                             + g[j + 3 * LANES] * (q[j + 3 * LANES] - m)))
         i += GROUP * LANES
@@ -222,12 +234,13 @@ cdef inline double _run_dot(const floating* dy, const floating* x, Py_ssize_t n,
         g = dy + i
         q = x + i
         for j in range(LANES):
-            total[j] += g[j] * (q[j] - m)
+            t[j] += g[j] * (q[j] - m)
         i += LANES
+    for j in range(LANES):
+        total[j] = t[j]
     while i < n:
-        tail += dy[i] * (x[i] - <double>m)
+        tail[0] += dy[i] * (x[i] - <double>m)
         i += 1
-    return _lanes_total(total) + tail
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,6 +249,80 @@ cdef inline double _run_dot(const floating* dy, const floating* x, Py_ssize_t n,
 cdef inline const floating* _run_ptr(const floating* base, const _Plan* p, Py_ssize_t n,
                                      Py_ssize_t c, Py_ssize_t l0) noexcept nogil:
     return base + (n * p.C + c) * p.L + l0
+
+
+cdef void _group_sum(const floating* base, const _Plan* p, const _Tile* tl, Py_ssize_t c0,
+                     Py_ssize_t c1, double* out) noexcept nogil:
+    """out[c - c0] = sum(x) over channel c of a tile of runs (L > 1), for c in [c0, c1),
+    c1 - c0 <= CHANNEL_GROUP. Each channel keeps its lanes across its runs and totals them
+    once (per-run totals cost more than the sums of short runs), while the runs are still
+    visited in memory order (row by row), which the hardware prefetcher needs."""
+    cdef double total[CHANNEL_GROUP * LANES]
+    cdef double tail[CHANNEL_GROUP]
+    cdef floating zero = 0
+    cdef Py_ssize_t n, c, run = tl.l1 - tl.l0
+    for c in range(c1 - c0):
+        _lanes_zero(total + c * LANES)
+        tail[c] = 0
+    for n in range(tl.n0, tl.n1):
+        for c in range(c1 - c0):
+            _acc_dev(_run_ptr(base, p, n, c0 + c, tl.l0), run, zero, False,
+                     total + c * LANES, &tail[c])
+    for c in range(c1 - c0):
+        out[c] = _lanes_total(total + c * LANES) + tail[c]
+
+
+cdef void _group_dev(const floating* base, const _Plan* p, const _Tile* tl, Py_ssize_t c0,
+                     Py_ssize_t c1, const floating* shift, double* dev,
+                     double* sq) noexcept nogil:
+    """dev, sq[c - c0] = sum(x - shift), sum((x - shift)^2) over channel c, as _group_sum;
+    both sweeps run back to back on a run, so the second reads it from L1."""
+    cdef double t1[CHANNEL_GROUP * LANES]
+    cdef double t2[CHANNEL_GROUP * LANES]
+    cdef double tail1[CHANNEL_GROUP]
+    cdef double tail2[CHANNEL_GROUP]
+    cdef const floating* r
+    cdef Py_ssize_t n, c, run = tl.l1 - tl.l0
+    for c in range(c1 - c0):
+        _lanes_zero(t1 + c * LANES)
+        _lanes_zero(t2 + c * LANES)
+        tail1[c] = 0
+        tail2[c] = 0
+    for n in range(tl.n0, tl.n1):
+        for c in range(c1 - c0):
+            r = _run_ptr(base, p, n, c0 + c, tl.l0)
+            _acc_dev(r, run, shift[c], False, t1 + c * LANES, &tail1[c])
+            _acc_dev(r, run, shift[c], True, t2 + c * LANES, &tail2[c])
+    for c in range(c1 - c0):
+        dev[c] = _lanes_total(t1 + c * LANES) + tail1[c]
+        sq[c] = _lanes_total(t2 + c * LANES) + tail2[c]
+
+
+cdef void _group_dot(const floating* dy, const floating* x, const _Plan* p, const _Tile* tl,
+                     Py_ssize_t c0, Py_ssize_t c1, const floating* cen, double* sdy,
+                     double* sdyx) noexcept nogil:
+    """sdy, sdyx[c - c0] = sum(dy), sum(dy * (x - cen)) over channel c, as _group_dev."""
+    cdef double t1[CHANNEL_GROUP * LANES]
+    cdef double t2[CHANNEL_GROUP * LANES]
+    cdef double tail1[CHANNEL_GROUP]
+    cdef double tail2[CHANNEL_GROUP]
+    cdef floating zero = 0
+    cdef const floating* g
+    cdef Py_ssize_t n, c, run = tl.l1 - tl.l0
+    for c in range(c1 - c0):
+        _lanes_zero(t1 + c * LANES)
+        _lanes_zero(t2 + c * LANES)
+        tail1[c] = 0
+        tail2[c] = 0
+    for n in range(tl.n0, tl.n1):
+        for c in range(c1 - c0):
+            g = _run_ptr(dy, p, n, c0 + c, tl.l0)
+            _acc_dev(g, run, zero, False, t1 + c * LANES, &tail1[c])
+            _acc_dot(g, _run_ptr(x, p, n, c0 + c, tl.l0), run, cen[c], t2 + c * LANES,
+                     &tail2[c])
+    for c in range(c1 - c0):
+        sdy[c] = _lanes_total(t1 + c * LANES) + tail1[c]
+        sdyx[c] = _lanes_total(t2 + c * LANES) + tail2[c]
 
 
 cdef void _channel_exact(const floating* base, const floating* dy, const _Plan* p,
@@ -343,9 +430,8 @@ cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,
                 acc[c] += row[c]
             n += 1
     else:
-        for n in range(tl.n0, tl.n1):
-            for c in range(nc):
-                acc[c] += _run_dev(_run_ptr(base, p, n, tl.c0 + c, tl.l0), run, zero, False)
+        for c in range(0, nc, 16):  # CHANNEL_GROUP (Cython needs a literal step)
+            _group_sum(base, p, &tl, tl.c0 + c, tl.c0 + min(c + CHANNEL_GROUP, nc), &acc[c])
     for c in range(nc):
         shift[c] = <floating>(acc[c] / count)
     # pass 2: deviations from the shift
@@ -369,11 +455,9 @@ cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,
                 sq[c] += m * m
             n += 1
     else:
-        for n in range(tl.n0, tl.n1):
-            for c in range(nc):
-                r = _run_ptr(base, p, n, tl.c0 + c, tl.l0)
-                dev[c] += _run_dev(r, run, shift[c], False)
-                sq[c] += _run_dev(r, run, shift[c], True)
+        for c in range(0, nc, 16):  # CHANNEL_GROUP
+            _group_dev(base, p, &tl, tl.c0 + c, tl.c0 + min(c + CHANNEL_GROUP, nc), &shift[c],
+                       &dev[c], &sq[c])
     for c in range(nc):
         m = shift[c]
         mean_out[c] = m + dev[c] / count
@@ -460,11 +544,9 @@ cdef void _tile_dot(const floating* dy, const floating* x, const _Plan* p, Py_ss
                 sdyx[c] += dy[off + c] * (x[off + c] - <double>cen[c])
             n += 1
     else:
-        for n in range(tl.n0, tl.n1):
-            for c in range(nc):
-                off = (n * C + tl.c0 + c) * p.L + tl.l0
-                sdy[c] += _run_dev(dy + off, run, zero, False)
-                sdyx[c] += _run_dot(dy + off, x + off, run, cen[c])
+        for c in range(0, nc, 16):  # CHANNEL_GROUP
+            _group_dot(dy, x, p, &tl, tl.c0 + c, tl.c0 + min(c + CHANNEL_GROUP, nc), &cen[c],
+                       &sdy[c], &sdyx[c])
     for c in range(nc):
         dy_out[c] = sdy[c]
         dyx_out[c] = sdyx[c] + (<double>cen[c] - center_t[c]) * sdy[c]
@@ -546,13 +628,9 @@ cdef void _slab_forward(const floating* x, floating* out, const _Plan* p, Py_ssi
     cdef floating zero = 0, shift, hi, lo, sc, sh
     cdef const floating* r
     cdef floating* o
-    for n in range(p.N):
-        acc += _run_dev(_run_ptr(x, p, n, c, 0), L, zero, False)
+    _group_sum(x, p, &tl, c, c + 1, &acc)
     shift = <floating>(acc / count)
-    for n in range(p.N):
-        r = _run_ptr(x, p, n, c, 0)
-        dev += _run_dev(r, L, shift, False)
-        sq += _run_dev(r, L, shift, True)
+    _group_dev(x, p, &tl, c, c + 1, &shift, &dev, &sq)
     m = shift + dev / count
     m2 = sq - dev * dev / count
     if not (m - m == 0 and m2 - m2 == 0) or (floating is float and sq < _TINY * count):
@@ -595,10 +673,7 @@ cdef void _slab_backward(const floating* dy, const floating* x, floating* dx,
     cdef const floating* r
     cdef floating* o
     if need_sums:
-        for n in range(p.N):
-            g = _run_ptr(dy, p, n, c, 0)
-            sdy += _run_dev(g, L, zero, False)
-            sdyx += _run_dot(g, _run_ptr(x, p, n, c, 0), L, cen)
+        _group_dot(dy, x, p, &tl, c, c + 1, &cen, &sdy, &sdyx)
         sdyx += (<double>cen - center) * sdy
         if (not (sdy - sdy == 0 and sdyx - sdyx == 0)
                 or (floating is float and sdy != 0 and fabs(sdyx) < _TINY * count)):
