@@ -392,8 +392,53 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         missing in evaluation, there is one value per channel in training, ``eps`` is out
         of range, or ``momentum`` is not finite.
     """
+    if training is False and type(axis) is int and axis == 1:
+        output = _eval_fast(input, weight, bias, running_mean, running_var, eps, n_threads)
+        if output is not None:
+            return output
     return batch_norm_forward(input, weight, bias, running_mean, running_var, training,
                               momentum, eps, axis=axis, n_threads=n_threads)[0]
+
+
+def _eval_fast(input, weight, bias, running_mean, running_var, eps, n_threads):
+    """Evaluation forward for the plainest call, or None: then the general path runs.
+
+    Inference on a small batch costs a few microseconds of validation, as much as the
+    arithmetic. This path accepts only what needs no conversion: a C-contiguous 2-D or
+    3-D native float32/float64 array with data, parameters of one native float dtype that
+    are C-contiguous (C,) arrays, running statistics present, a float ``eps >= 0``. Those
+    conditions imply every check of the general path, and anything else (every error
+    included) returns None, so the general path raises its usual exceptions. The result
+    is the same array the general path computes.
+    """
+    if type(input) is not np.ndarray or type(eps) is not float or not eps >= 0:
+        return None
+    xdt = input.dtype
+    shape = input.shape
+    if xdt not in _CNAME or not input.flags.c_contiguous or not 2 <= len(shape) <= 3:
+        return None
+    C = shape[1]
+    if type(running_mean) is not np.ndarray:
+        return None
+    pdt = running_mean.dtype
+    if pdt not in _CNAME:
+        return None
+    cshape = (C,)
+    for a in (running_mean, running_var, weight, bias):
+        if a is None:
+            if a is running_var:
+                return None
+        elif (type(a) is not np.ndarray or a.dtype != pdt or a.shape != cshape
+              or not a.flags.c_contiguous):
+            return None
+    if input.size == 0:
+        return None  # empty batch or no channels: the general path's rules apply
+    ncl = (shape[0], C, shape[2] if len(shape) == 3 else 1)
+    output = np.empty(shape, xdt)
+    _FORWARD_INFERENCE[xdt, pdt](input.reshape(ncl), weight, bias, running_mean,
+                                 running_var, eps, output.reshape(ncl), None,
+                                 effective_n_threads(n_threads))
+    return output
 
 
 def _check_forward_args(input, weight, bias, running_mean, running_var, training, momentum,
@@ -451,6 +496,10 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
         As :func:`batch_norm`; also when ``out`` has the wrong type, dtype, shape or
         layout, is read-only, or overlaps ``input``.
     """
+    if training is False and out is None and type(axis) is int and axis == 1:
+        output = _eval_fast(input, weight, bias, running_mean, running_var, eps, n_threads)
+        if output is not None:
+            return output, _EMPTY, _EMPTY
     xdt, training, momentum, eps, axis = _check_forward_args(
         input, weight, bias, running_mean, running_var, training, momentum, eps, axis)
     update = training and running_mean is not None

@@ -292,3 +292,73 @@ def test_functional_exported():
     assert cybn.functional is F
     for name in ("batch_norm", "batch_norm_forward", "batch_norm_backward"):
         assert callable(getattr(F, name))
+
+
+# --- the evaluation fast path (functional._eval_fast) --------------------------------------
+
+def _eval_args(rng, shape, dtype=np.float32, pdt=np.float32, affine=True):
+    C = shape[1]
+    x = rng.standard_normal(shape).astype(dtype)
+    rm = rng.standard_normal(C).astype(pdt)
+    rv = rng.uniform(0.5, 2, C).astype(pdt)
+    w = rng.uniform(0.5, 2, C).astype(pdt) if affine else None
+    b = rng.standard_normal(C).astype(pdt) if affine else None
+    return x, w, b, rm, rv
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (32, 64), (4, 5, 6), (300, 300)])
+@pytest.mark.parametrize("dtype,pdt", [(np.float32, np.float32), (np.float64, np.float64),
+                                       (np.float64, np.float32), (np.float32, np.float64)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_eval_fast_path_equals_general_path(rng, shape, dtype, pdt, affine):
+    x, w, b, rm, rv = _eval_args(rng, shape, dtype, pdt, affine)
+    fast = F._eval_fast(x, w, b, rm, rv, 1e-5, None)
+    assert fast is not None  # these calls take the fast path
+    # out= forces the general path; it must agree bit for bit
+    general = F.batch_norm_forward(x, w, b, rm, rv, False, 0.1, 1e-5, out=np.empty_like(x))[0]
+    assert fast.dtype == x.dtype and fast.shape == x.shape
+    assert fast.tobytes() == general.tobytes()
+    xr, wr, br, rmr, rvr = (None if a is None else a.astype(np.float64) for a in (x, w, b, rm, rv))
+    expect = forward_eval(xr, rmr, rvr, wr, br, 1e-5)
+    assert_close(fast, expect, rtol=1e-5 if np.float32 in (dtype, pdt) else 1e-12,
+                 atol=1e-5 if np.float32 in (dtype, pdt) else 1e-12)
+    for call in (F.batch_norm(x, rm, rv, w, b), F.batch_norm_forward(x, w, b, rm, rv, False,
+                                                                     0.1, 1e-5)[0]):
+        assert call.tobytes() == fast.tobytes()
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_eval_fast_path_declines_everything_unusual(rng):
+    x, w, b, rm, rv = _eval_args(rng, (6, 4))
+    fast = F._eval_fast
+    assert fast(x, w, b, rm, rv, 1e-5, None) is not None
+    declined = {
+        "list input": (x.tolist(), w, b, rm, rv, 1e-5),
+        "float16": (x.astype(np.float16), w, b, rm, rv, 1e-5),
+        "big-endian": (x.astype(">f4"), w, b, rm, rv, 1e-5),
+        "Fortran order": (np.asfortranarray(x), w, b, rm, rv, 1e-5),
+        "4-D": (x.reshape(6, 4, 1, 1), w, b, rm, rv, 1e-5),
+        "1-D": (x[0], w, b, rm, rv, 1e-5),
+        "empty batch": (x[:0], w, b, rm, rv, 1e-5),
+        "no running_mean": (x, w, b, None, rv, 1e-5),
+        "no running_var": (x, w, b, rm, None, 1e-5),
+        "mixed parameter dtypes": (x, w.astype(np.float64), b, rm, rv, 1e-5),
+        "wrong length": (x, w[:3], b, rm, rv, 1e-5),
+        "strided weight": (x, np.repeat(w, 2)[::2], b, rm, rv, 1e-5),
+        "matrix": (np.asmatrix(x), w, b, rm, rv, 1e-5),
+        "int eps": (x, w, b, rm, rv, 0),
+        "negative eps": (x, w, b, rm, rv, -1.0),
+        "nan eps": (x, w, b, rm, rv, float("nan")),
+        "float16 parameters": (x, w, b, rm.astype(np.float16), rv.astype(np.float16), 1e-5),
+    }
+    for why, args in declined.items():
+        assert fast(*args, None) is None, why
+    # a declined call still gets the general path's checks and errors
+    with pytest.raises(ValueError, match="should contain 4 elements not 3"):
+        F.batch_norm(x, rm, rv, w[:3], b)
+    with pytest.raises(ValueError, match="eps must be non-negative"):
+        F.batch_norm(x, rm, rv, w, b, eps=-1.0)
+    with pytest.raises(TypeError, match="axis must be an int"):
+        F.batch_norm(x, rm, rv, w, b, axis=True)
+    with pytest.raises(ValueError, match="n_threads"):
+        F.batch_norm(x, rm, rv, w, b, n_threads=0)
