@@ -5,10 +5,11 @@
 # for each channel c. 2-D (N, C) input and channels-last data arrive with L == 1, so the
 # channel axis is the contiguous one; (N, C, L) input with L > 1 has contiguous runs of one
 # channel. One tiling serves both: the array is cut into tiles of rows x channels x
-# positions (`_Plan`), and a tile is walked either as rows vectorised across channels
-# (L == 1) or as per-channel contiguous runs (L > 1). The callers in cybn.functional own
-# shapes, dtypes, allocation and the thread count; calling these with unchecked arguments
-# is undefined behaviour.
+# positions (`_Plan`), and a tile is walked either as rows of "columns" vectorised across
+# its channels and positions (L < COLUMNS_MAX_L, 2-D input included; per-column sums are
+# folded into channels at the end of the tile) or as per-channel contiguous runs (longer
+# L). The callers in cybn.functional own shapes, dtypes, allocation and the thread count;
+# calling these with unchecked arguments is undefined behaviour.
 #
 # Numerics (why the code looks the way it does):
 # - Sums are accumulated in double for float and double input (like ATen's accscalar_t).
@@ -63,6 +64,11 @@ cdef enum:
     GROUP = 4
     # Channels of a tile of runs whose lane accumulators are kept at once (_group_sum).
     CHANNEL_GROUP = 16
+    # Runs shorter than this (L < COLUMNS_MAX_L, 2-D input included) are not walked run by
+    # run: a tile row (its channels x all L positions, contiguous) is one vector of
+    # "columns" with per-column accumulators, folded into channels at the end of the
+    # tile. Such tiles hold at most TILE_CHANNELS columns (tc * L <= TILE_CHANNELS).
+    COLUMNS_MAX_L = 64
 
 
 cdef struct _Plan:
@@ -71,6 +77,7 @@ cdef struct _Plan:
     Py_ssize_t bn, bc, bl        # number of tiles along N, C, L
     Py_ssize_t n_tiles
     Py_ssize_t n_slots           # bn * bl: tiles that hold partial sums for one channel
+    bint cols                    # L < COLUMNS_MAX_L: tiles are walked as rows of columns
 
 
 # Below this mean square per element, float32 squares and products lose precision to
@@ -88,9 +95,13 @@ cdef _Plan _make_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t L) noexcept nogil:
     p.C = C
     p.L = L
     p.tl = L if L < TILE_ELEMS else TILE_ELEMS
-    p.tc = TILE_ELEMS // p.tl
-    if p.tc > TILE_CHANNELS:
-        p.tc = TILE_CHANNELS
+    p.cols = L < COLUMNS_MAX_L
+    if p.cols:
+        p.tc = TILE_CHANNELS // L  # the columns of a tile row fit the accumulators
+    else:
+        p.tc = TILE_ELEMS // p.tl
+        if p.tc > TILE_CHANNELS:
+            p.tc = TILE_CHANNELS
     if p.tc > C:
         p.tc = C
     if p.tc < 1:
@@ -383,6 +394,20 @@ cdef void _channel_exact(const floating* base, const floating* dy, const _Plan* 
     out2[0] = ((s2 - s1 * s1 / count) / sc) / sc  # inf only when M2 itself is
 
 
+cdef inline void _fold(double* a, Py_ssize_t nc, Py_ssize_t L) noexcept nogil:
+    """Sum the L column accumulators of each channel into a[c], in place, in a fixed order
+    (a[c] is written after a[c * L:(c + 1) * L] is read, and c <= c * L)."""
+    cdef Py_ssize_t c, l
+    cdef double total
+    if L == 1:
+        return
+    for c in range(nc):
+        total = a[c * L]
+        for l in range(1, L):
+            total += a[c * L + l]
+        a[c] = total
+
+
 cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,
                       double* part_mean, double* part_m2) noexcept nogil:
     """Mean and M2 of each channel of tile t, written to slot row t.slot of the partials.
@@ -404,56 +429,67 @@ cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,
     cdef double dev[TILE_CHANNELS]
     cdef double sq[TILE_CHANNELS]
     cdef floating shift[TILE_CHANNELS]
+    cdef floating colshift[TILE_CHANNELS]
     cdef double* mean_out = part_mean + tl.slot * C + tl.c0
     cdef double* m2_out = part_m2 + tl.slot * C + tl.c0
+    # columns: row n of the tile starts at xt + n * S and holds ncol contiguous values
+    cdef Py_ssize_t S = C * p.L, ncol = nc * run
+    cdef const floating* xt = base + tl.c0 * p.L
     cdef const floating* row
-    cdef const floating* r
-    cdef floating zero = 0, d0, d1, d2, d3
+    cdef floating d0, d1, d2, d3
     cdef double m
-    cdef Py_ssize_t n, c
-    for c in range(nc):
-        acc[c] = 0
-        dev[c] = 0
-        sq[c] = 0
+    cdef Py_ssize_t n, c, j, l
+    for j in range(ncol if p.cols else nc):
+        acc[j] = 0
+        dev[j] = 0
+        sq[j] = 0
     # pass 1: provisional mean
-    if p.L == 1:
+    if p.cols:
         n = tl.n0
         # four rows at a time: one load/store of an accumulator per four elements
         while n + GROUP <= tl.n1:
-            row = base + n * C + tl.c0
-            for c in range(nc):
-                acc[c] += (row[c] + row[c + C]) + (row[c + 2 * C] + row[c + 3 * C])
+            row = xt + n * S
+            for j in range(ncol):
+                acc[j] += (row[j] + row[j + S]) + (row[j + 2 * S] + row[j + 3 * S])
             n += GROUP
         while n < tl.n1:
-            row = base + n * C + tl.c0
-            for c in range(nc):
-                acc[c] += row[c]
+            row = xt + n * S
+            for j in range(ncol):
+                acc[j] += row[j]
             n += 1
+        _fold(acc, nc, p.L)
     else:
         for c in range(0, nc, 16):  # CHANNEL_GROUP (Cython needs a literal step)
             _group_sum(base, p, &tl, tl.c0 + c, tl.c0 + min(c + CHANNEL_GROUP, nc), &acc[c])
     for c in range(nc):
         shift[c] = <floating>(acc[c] / count)
     # pass 2: deviations from the shift
-    if p.L == 1:
+    if p.cols:
+        j = 0
+        for c in range(nc):
+            for l in range(p.L):
+                colshift[j] = shift[c]
+                j += 1
         n = tl.n0
         while n + GROUP <= tl.n1:
-            row = base + n * C + tl.c0
-            for c in range(nc):
-                d0 = row[c] - shift[c]
-                d1 = row[c + C] - shift[c]
-                d2 = row[c + 2 * C] - shift[c]
-                d3 = row[c + 3 * C] - shift[c]
-                dev[c] += (d0 + d1) + (d2 + d3)
-                sq[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            row = xt + n * S
+            for j in range(ncol):
+                d0 = row[j] - colshift[j]
+                d1 = row[j + S] - colshift[j]
+                d2 = row[j + 2 * S] - colshift[j]
+                d3 = row[j + 3 * S] - colshift[j]
+                dev[j] += (d0 + d1) + (d2 + d3)
+                sq[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
             n += GROUP
         while n < tl.n1:
-            row = base + n * C + tl.c0
-            for c in range(nc):
-                m = row[c] - <double>shift[c]
-                dev[c] += m
-                sq[c] += m * m
+            row = xt + n * S
+            for j in range(ncol):
+                m = row[j] - <double>colshift[j]
+                dev[j] += m
+                sq[j] += m * m
             n += 1
+        _fold(dev, nc, p.L)
+        _fold(sq, nc, p.L)
     else:
         for c in range(0, nc, 16):  # CHANNEL_GROUP
             _group_dev(base, p, &tl, tl.c0 + c, tl.c0 + min(c + CHANNEL_GROUP, nc), &shift[c],
@@ -475,17 +511,40 @@ cdef void _tile_normalize(const floating* base, floating* out, const _Plan* p, P
     """
     cdef _Tile tl = _tile(p, t)
     cdef Py_ssize_t run = tl.l1 - tl.l0
-    cdef Py_ssize_t n, c, i, off
+    cdef Py_ssize_t n, c, i, off, j, l
     cdef const prm_t* hi = prm
     cdef const prm_t* lo = prm + p.C
     cdef const prm_t* sc = prm + 2 * p.C
     cdef const prm_t* sh = prm + 3 * p.C
     cdef prm_t mh, ml, a, b
-    if p.L == 1:
-        for n in range(tl.n0, tl.n1):
-            off = n * p.C
+    cdef prm_t col[4 * TILE_CHANNELS]  # per-column constants when L > 1
+    cdef Py_ssize_t S = p.C * p.L, ncol = (tl.c1 - tl.c0) * run
+    cdef const floating* row
+    cdef floating* o
+    if p.cols:
+        if p.L == 1:
+            hi += tl.c0
+            lo += tl.c0
+            sc += tl.c0
+            sh += tl.c0
+        else:
+            j = 0
             for c in range(tl.c0, tl.c1):
-                out[off + c] = <floating>(((base[off + c] - hi[c]) - lo[c]) * sc[c] + sh[c])
+                for l in range(p.L):
+                    col[j] = hi[c]
+                    col[TILE_CHANNELS + j] = lo[c]
+                    col[2 * TILE_CHANNELS + j] = sc[c]
+                    col[3 * TILE_CHANNELS + j] = sh[c]
+                    j += 1
+            hi = col
+            lo = col + TILE_CHANNELS
+            sc = col + 2 * TILE_CHANNELS
+            sh = col + 3 * TILE_CHANNELS
+        for n in range(tl.n0, tl.n1):
+            row = base + n * S + tl.c0 * p.L
+            o = out + n * S + tl.c0 * p.L
+            for j in range(ncol):
+                o[j] = <floating>(((row[j] - hi[j]) - lo[j]) * sc[j] + sh[j])
     else:
         for n in range(tl.n0, tl.n1):
             for c in range(tl.c0, tl.c1):
@@ -518,31 +577,42 @@ cdef void _tile_dot(const floating* dy, const floating* x, const _Plan* p, Py_ss
     cdef double* dy_out = part_dy + tl.slot * C + tl.c0
     cdef double* dyx_out = part_dyx + tl.slot * C + tl.c0
     cdef const double* center_t = center + tl.c0
+    cdef floating colcen[TILE_CHANNELS]
+    # columns, as in _tile_stats
+    cdef Py_ssize_t S = C * p.L, ncol = nc * run, off0 = tl.c0 * p.L
     cdef const floating* g
     cdef const floating* v
-    cdef floating zero = 0
-    cdef Py_ssize_t n, c, off
+    cdef Py_ssize_t n, c, j, l
     for c in range(nc):
-        sdy[c] = 0
-        sdyx[c] = 0
         cen[c] = <floating>center_t[c]
-    if p.L == 1:
+    for j in range(ncol if p.cols else nc):
+        sdy[j] = 0
+        sdyx[j] = 0
+    if p.cols:
+        j = 0
+        for c in range(nc):
+            for l in range(p.L):
+                colcen[j] = cen[c]
+                j += 1
         n = tl.n0
         while n + GROUP <= tl.n1:
-            g = dy + n * C + tl.c0
-            v = x + n * C + tl.c0
-            for c in range(nc):
-                sdy[c] += (g[c] + g[c + C]) + (g[c + 2 * C] + g[c + 3 * C])
-                sdyx[c] += ((g[c] * (v[c] - cen[c]) + g[c + C] * (v[c + C] - cen[c]))
-                            + (g[c + 2 * C] * (v[c + 2 * C] - cen[c])
-                               + g[c + 3 * C] * (v[c + 3 * C] - cen[c])))
+            g = dy + n * S + off0
+            v = x + n * S + off0
+            for j in range(ncol):
+                sdy[j] += (g[j] + g[j + S]) + (g[j + 2 * S] + g[j + 3 * S])
+                sdyx[j] += ((g[j] * (v[j] - colcen[j]) + g[j + S] * (v[j + S] - colcen[j]))
+                            + (g[j + 2 * S] * (v[j + 2 * S] - colcen[j])
+                               + g[j + 3 * S] * (v[j + 3 * S] - colcen[j])))
             n += GROUP
         while n < tl.n1:
-            off = n * C + tl.c0
-            for c in range(nc):
-                sdy[c] += dy[off + c]
-                sdyx[c] += dy[off + c] * (x[off + c] - <double>cen[c])
+            g = dy + n * S + off0
+            v = x + n * S + off0
+            for j in range(ncol):
+                sdy[j] += g[j]
+                sdyx[j] += g[j] * (v[j] - <double>colcen[j])
             n += 1
+        _fold(sdy, nc, p.L)
+        _fold(sdyx, nc, p.L)
     else:
         for c in range(0, nc, 16):  # CHANNEL_GROUP
             _group_dot(dy, x, p, &tl, tl.c0 + c, tl.c0 + min(c + CHANNEL_GROUP, nc), &cen[c],
@@ -562,27 +632,51 @@ cdef void _tile_grad_input(const floating* dy, const floating* x, floating* dx,
     """dx = (dy - mean_dy[c] - (x - center[c]) * k[c]) * scale[c]; dx = dy * scale[c] if not use_x."""
     cdef _Tile tl = _tile(p, t)
     cdef Py_ssize_t run = tl.l1 - tl.l0
-    cdef Py_ssize_t n, c, i, off
+    cdef Py_ssize_t n, c, i, off, j, l
     cdef double m, a, kk, s
-    if not use_x:
+    cdef double col[4 * TILE_CHANNELS]  # per-column constants when L > 1
+    cdef Py_ssize_t S = p.C * p.L, ncol = (tl.c1 - tl.c0) * run, off0 = tl.c0 * p.L
+    cdef const double* cm = center
+    cdef const double* ca = mean_dy
+    cdef const double* ck = k
+    cdef const double* cs = scale
+    if p.cols:
         if p.L == 1:
-            for n in range(tl.n0, tl.n1):
-                off = n * p.C
-                for c in range(tl.c0, tl.c1):
-                    dx[off + c] = <floating>(dy[off + c] * scale[c])
+            if use_x:  # (center, mean_dy and k may be NULL otherwise)
+                cm += tl.c0
+                ca += tl.c0
+                ck += tl.c0
+            cs += tl.c0
         else:
-            for n in range(tl.n0, tl.n1):
-                for c in range(tl.c0, tl.c1):
-                    off = (n * p.C + c) * p.L + tl.l0
-                    s = scale[c]
-                    for i in range(off, off + run):
-                        dx[i] = <floating>(dy[i] * s)
-    elif p.L == 1:
-        for n in range(tl.n0, tl.n1):
-            off = n * p.C
+            j = 0
             for c in range(tl.c0, tl.c1):
-                dx[off + c] = <floating>(
-                    ((dy[off + c] - mean_dy[c]) - (x[off + c] - center[c]) * k[c]) * scale[c])
+                for l in range(p.L):
+                    col[j] = center[c] if use_x else 0
+                    col[TILE_CHANNELS + j] = mean_dy[c] if use_x else 0
+                    col[2 * TILE_CHANNELS + j] = k[c] if use_x else 0
+                    col[3 * TILE_CHANNELS + j] = scale[c]
+                    j += 1
+            cm = col
+            ca = col + TILE_CHANNELS
+            ck = col + 2 * TILE_CHANNELS
+            cs = col + 3 * TILE_CHANNELS
+        for n in range(tl.n0, tl.n1):
+            off = n * S + off0
+            if use_x:
+                for j in range(ncol):
+                    dx[off + j] = <floating>(
+                        ((dy[off + j] - ca[j]) - (x[off + j] - cm[j]) * ck[j]) * cs[j])
+            else:
+                for j in range(ncol):
+                    dx[off + j] = <floating>(dy[off + j] * cs[j])
+        return
+    if not use_x:
+        for n in range(tl.n0, tl.n1):
+            for c in range(tl.c0, tl.c1):
+                off = (n * p.C + c) * p.L + tl.l0
+                s = scale[c]
+                for i in range(off, off + run):
+                    dx[i] = <floating>(dy[i] * s)
     else:
         for n in range(tl.n0, tl.n1):
             for c in range(tl.c0, tl.c1):

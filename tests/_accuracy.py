@@ -299,15 +299,16 @@ def constant_data(v, dt, shape):
 # ---------------------------------------------------------------------------------------
 # the stated bounds (cybn); docs/accuracy.md prints them, check_bounds implements them
 
-TILE_ELEMS, TILE_CHANNELS = 65536, 1024
+TILE_ELEMS, TILE_CHANNELS, COLUMNS_MAX_L = 65536, 1024, 64
 
 
 def tiles_per_channel(shape):
-    """M: how many tiles one channel is spread over (cybn/_kernels.pyx, _make_plan)."""
+    """M: how many tiles one channel is spread over (cybn/_kernels_impl.pxi, _make_plan)."""
     N, C = shape[0], shape[1]
     L = int(np.prod(shape[2:])) if len(shape) > 2 else 1
     tl = min(L, TILE_ELEMS)
-    tc = max(1, min(TILE_ELEMS // tl, TILE_CHANNELS, C))
+    per_tile = TILE_CHANNELS // L if L < COLUMNS_MAX_L else TILE_ELEMS // tl
+    tc = max(1, min(per_tile, TILE_CHANNELS, C))
     tn = max(1, min(N, TILE_ELEMS // (tc * tl)))
     return -(-N // tn) * -(-L // tl)
 

@@ -362,3 +362,43 @@ def test_eval_fast_path_declines_everything_unusual(rng):
         F.batch_norm(x, rm, rv, w, b, axis=True)
     with pytest.raises(ValueError, match="n_threads"):
         F.batch_norm(x, rm, rv, w, b, n_threads=0)
+
+
+# --- tile shapes: short runs walked as columns, several channel tiles ----------------------
+# _make_plan: L < 64 is walked as rows of columns with tc * L <= 1024 columns per tile, so
+# these shapes span several channel tiles and several row tiles, with row counts that are
+# not multiples of the 4-row groups; L >= 64 is walked run by run.
+
+TILE_SHAPES = [(37, 300, 5), (70, 2000, 3), (5, 40, 63), (131, 17, 2), (9, 1100, 1),
+               (300, 5, 15), (33, 3, 64), (7, 70, 65)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", TILE_SHAPES)
+def test_tile_shapes_against_reference(rng, dtype, shape):
+    C = shape[1]
+    x = data(rng, shape, dtype, offset=3.0)
+    g = rng.standard_normal(shape).astype(dtype)
+    w, b = vec(rng, C, dtype, "w"), vec(rng, C, dtype, "b")
+    rm, rv = vec(rng, C, dtype, "b"), vec(rng, C, dtype, "rv")
+    y, mean, invstd, _ = forward_batch(x, w, b, 1e-5)
+    for nt in (1, 2):
+        out, sm, si = F.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5, n_threads=nt)
+        assert_close(out, y)
+        r = 1e-12 if np.dtype(dtype) == np.float64 else 1e-7
+        assert_close(sm, mean, np.float64, rtol=r, atol=r)
+        r = 1e-12 if np.dtype(dtype) == np.float64 else 1e-6
+        assert_close(si, invstd, np.float64, rtol=r, atol=r)
+        gi, gw, gb = F.batch_norm_backward(g, x, w, sm, si, n_threads=nt)
+        egi, egw, egb = backward_batch(x, g, w, 1e-5)
+        tol = 1e-10 if np.dtype(dtype) == np.float64 else 1e-4
+        for got, want in ((gi, egi), (gw, egw), (gb, egb)):
+            scale = max(1.0, float(np.abs(want).max()))
+            assert np.allclose(got, want, rtol=tol, atol=tol * scale)
+        ye = F.batch_norm(x, rm, rv, w, b, training=False, n_threads=nt)
+        assert_close(ye, forward_eval(x, rm, rv, w, b, 1e-5))
+        ge, _, _ = F.batch_norm_backward(g, x, w, None, None, training=False,
+                                         running_mean=rm, running_var=rv, n_threads=nt)
+        escale = (w.astype(np.float64) / np.sqrt(rv.astype(np.float64) + 1e-5))
+        want = g.astype(np.float64) * escale.reshape((1, C) + (1,) * (len(shape) - 2))
+        assert np.allclose(ge, want, rtol=tol, atol=tol * float(np.abs(want).max()))
