@@ -793,8 +793,10 @@ def _report(results, meta, args):
     else:
         torch_text = f"PyTorch {meta['torch_note']}"
     openmp = "OpenMP on" if meta["cybn_openmp"] else "OpenMP OFF: serial build, 1 thread"
+    kernels = meta.get("cybn_kernels")
+    kernels = f"{kernels} kernels; " if kernels else ""
     lines.append(f"- **Software:** NumPy {meta['numpy']}; {torch_text}; cybn "
-                 f"{meta['cybn']} ({openmp}; default threads {meta['t_all']}) from "
+                 f"{meta['cybn']} ({kernels}{openmp}; default threads {meta['t_all']}) from "
                  f"`{meta['cybn_path']}`")
     if not envs:
         lines.append("- **Thread pools:** unknown (no case finished)")
@@ -929,6 +931,7 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     import cybn  # fails early (with the real error) if cybn is not built
+    from cybn._backend import kernels_info as _kernels_info
 
     t_all = cybn.get_num_threads()
     shapes = args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
@@ -972,11 +975,12 @@ def main(argv=None):
               file=sys.stderr, flush=True)
 
     env_names = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_PROC_BIND", "GOMP_SPINCOUNT",
-                 "THP_MEM_ALLOC_ENABLE")
+                 "THP_MEM_ALLOC_ENABLE", "CYBN_KERNELS")
     env_vars = ", ".join(f"{k}={os.environ[k]}" for k in env_names if k in os.environ)
     meta = {
         "numpy": np.__version__, "cybn": cybn.__version__,
         "cybn_openmp": cybn.openmp_enabled(), "cybn_path": os.path.dirname(cybn.__file__),
+        "cybn_kernels": _kernels_info()["selected"],
         "torch": _dist_version("torch") if use_torch else None,
         "cpu": _cpu_model(), "cpus": os.cpu_count(), "usable": _usable_cpus(),
         "platform": platform.platform(terse=True), "python": platform.python_version(),
