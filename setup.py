@@ -256,6 +256,13 @@ class CybnBuildExt(build_ext):
             )
 
         avx2_args = self._choose_avx2()
+        if avx2_args is None:
+            # build_lib keeps the products of earlier builds, and everything in it goes into
+            # the wheel: an AVX2 module from a previous build of this tree must not ship
+            stale = self.get_ext_fullpath(AVX2_MODULE)
+            if os.path.exists(stale):
+                print(f"cybn: removing {stale}, left by an earlier build", flush=True)
+                os.remove(stale)
 
         config = {
             "avx2_args": avx2_args,

@@ -49,8 +49,9 @@ def _select(request: str) -> tuple[str, ModuleType]:
     if avx2 is not None and _cpu.has_avx2():
         return "avx2", avx2
     if choice == "avx2":
-        why = ("this copy of cybn has no AVX2 build (cybn._kernels_avx2 is built for x86-64"
-               " targets only)" if avx2 is None
+        why = ("this copy of cybn has no AVX2 build (cybn._kernels_avx2 is built only for"
+               " x86-64 targets, and not when CYBN_AVX2=0 was set or the compiler rejected"
+               " the AVX2 flag; cybn.show_config() shows the build)" if avx2 is None
                else "this CPU or operating system does not support AVX2")
         raise RuntimeError(f"{_ENV}=avx2 was requested, but {why}; unset {_ENV} or use"
                            " 'baseline'")

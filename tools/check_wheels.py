@@ -339,11 +339,14 @@ class Checks:
 
     def check4_serial(self):
         """CYBN_OPENMP=0 wheel; compiler without OpenMP -> serial; + REQUIRE -> build fails."""
-        # a) CYBN_OPENMP=0
-        proc, wheel = self.build_wheel_noniso("serial", {"CYBN_OPENMP": "0"})
+        # a) CYBN_OPENMP=0, and without the AVX2 kernels (CYBN_AVX2=0): the minimal build
+        proc, wheel = self.build_wheel_noniso("serial", {"CYBN_OPENMP": "0", "CYBN_AVX2": "0"})
         expect(wheel, "CYBN_OPENMP=0 produced no wheel")
         expect("OpenMP DISABLED" in proc.stdout, "CYBN_OPENMP=0 build log lacks 'OpenMP DISABLED'")
         needed = self.elf_needed(wheel)
+        with zipfile.ZipFile(wheel) as zf:
+            expect(not any("_kernels_avx2" in n for n in zf.namelist()),
+                   "CYBN_AVX2=0 wheel contains cybn._kernels_avx2")
         expect(not any("gomp" in d or "omp" in d.split(".")[0] for deps in needed.values() for d in deps),
                f"serial wheel still depends on an OpenMP runtime: {needed}")
         show = self.r.run([self.tool("auditwheel"), "show", wheel])
@@ -387,7 +390,8 @@ class Checks:
         expect(proc.returncode != 0 and wheel_c is None,
                "CYBN_REQUIRE_OPENMP=1 with a compiler lacking OpenMP did not fail the build")
         expect("OpenMP is required" in proc.stdout, "the failure does not say 'OpenMP is required'")
-        return (f"CYBN_OPENMP=0: no OpenMP NEEDED, {summary[-1].strip('= ') if summary else '?'}; "
+        return (f"CYBN_OPENMP=0 CYBN_AVX2=0: no OpenMP NEEDED, no AVX2 module, "
+                f"{summary[-1].strip('= ') if summary else '?'}; "
                 "CC without -fopenmp: serial fallback; + CYBN_REQUIRE_OPENMP=1: build fails")
 
     def check5_config(self):

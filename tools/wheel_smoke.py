@@ -5,7 +5,8 @@
 * every OpenMP runtime loaded in the process is the copy vendored inside the wheel
   (``cybn.libs/`` from auditwheel/delvewheel, ``cybn/.dylibs/`` from delocate), never a system
   one (``--any-runtime`` relaxes this for builds from source, which use the system runtime);
-* an x86-64 wheel carries the AVX2 kernels, and uses them when the CPU has AVX2;
+* an x86-64 wheel carries the AVX2 kernels (unless built with CYBN_AVX2=0), and uses them
+  when the CPU has AVX2;
 * a parallel kernel call works;
 * on a free-threaded Python, importing cybn did not re-enable the GIL.
 
@@ -43,10 +44,14 @@ def main(argv=None):
     if enabled == args.serial:
         problems.append(f"openmp_enabled() is {enabled}, expected {not args.serial}")
 
+    from cybn._build_config import BUILD_CONFIG
+
     from cybn import _backend, _cpu
 
     kernels = _backend.kernels_info()
-    if sysconfig.get_platform().lower().endswith(("x86_64", "amd64")):
+    opted_out = BUILD_CONFIG["environment"].get("CYBN_AVX2", "1").strip().lower() in (
+        "0", "false", "no", "off", "")
+    if sysconfig.get_platform().lower().endswith(("x86_64", "amd64")) and not opted_out:
         if "avx2" not in kernels["built"]:
             problems.append("an x86-64 wheel without cybn._kernels_avx2")
         elif _cpu.has_avx2() and kernels["selected"] != "avx2" and not kernels["CYBN_KERNELS"]:
