@@ -155,6 +155,25 @@ def _check_momentum(momentum):
     return momentum
 
 
+def _check_training(training):
+    # torch's argument parser takes a bool (or NumPy bool) only: training="False" is a str,
+    # and truthy, so bool() would silently run a training step
+    if training is True or training is False:
+        return training
+    if isinstance(training, np.bool_):
+        return bool(training)
+    raise TypeError(f"training must be a bool, got {type(training).__name__}")
+
+
+def _check_momentum_type(momentum):
+    # In evaluation, and in training without running statistics, momentum is unused, but a
+    # value of the wrong type is still a mistake (torch's parser rejects it too).
+    if type(momentum) is float or (isinstance(momentum, numbers.Real)
+                                   and not isinstance(momentum, bool)):
+        return
+    raise TypeError(f"momentum must be a real number, got {type(momentum).__name__}")
+
+
 def _check_writeable(a, name):
     if not a.flags.writeable:
         raise ValueError(f"{name} is updated in place and must be writeable, "
@@ -384,15 +403,16 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     Raises
     ------
     TypeError
-        If ``input`` or a per-channel array is not a float16/32/64 NumPy array, or
-        ``momentum``/``eps`` is not a real number.
+        If ``input`` or a per-channel array is not a float16/32/64 NumPy array,
+        ``momentum``/``eps`` is not a real number, or ``training`` is not a bool (Python or
+        NumPy; torch's parser rejects other types the same way).
     ValueError
         If ``input`` has fewer than 2 dimensions, a per-channel array does not have C
         elements, only one running statistic is given in training, running statistics are
         missing in evaluation, there is one value per channel in training, ``eps`` is out
         of range, or ``momentum`` is not finite.
     """
-    if training is False and type(axis) is int and axis == 1:
+    if training is False and type(axis) is int and axis == 1 and type(momentum) is float:
         output = _eval_fast(input, weight, bias, running_mean, running_var, eps, n_threads)
         if output is not None:
             return output
@@ -453,7 +473,7 @@ def _check_forward_args(input, weight, bias, running_mean, running_var, training
     for name, a in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
         _check_channels(a, name, C, axis)
-    training = bool(training)
+    training = _check_training(training)
     if training:
         if (running_mean is None) != (running_var is None):
             raise ValueError("running_mean and running_var must either both be None or "
@@ -463,9 +483,13 @@ def _check_forward_args(input, weight, bias, running_mean, running_var, training
             momentum = _check_momentum(momentum)
             _check_writeable(running_mean, "running_mean")
             _check_writeable(running_var, "running_var")
+        else:
+            _check_momentum_type(momentum)
     elif running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var must be defined in evaluation mode "
                          "(training=False)")
+    else:
+        _check_momentum_type(momentum)
     eps = _check_eps(eps, training)
     return xdt, training, momentum, eps, axis
 
@@ -496,7 +520,8 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
         As :func:`batch_norm`; also when ``out`` has the wrong type, dtype, shape or
         layout, is read-only, or overlaps ``input``.
     """
-    if training is False and out is None and type(axis) is int and axis == 1:
+    if (training is False and out is None and type(axis) is int and axis == 1
+            and type(momentum) is float):
         output = _eval_fast(input, weight, bias, running_mean, running_var, eps, n_threads)
         if output is not None:
             return output, _EMPTY, _EMPTY
@@ -558,7 +583,7 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
     Raises
     ------
     TypeError
-        If an array is not a float16/32/64 NumPy array.
+        If an array is not a float16/32/64 NumPy array, or ``training`` is not a bool.
     ValueError
         If shapes disagree, or statistics needed by the chosen formula are missing.
     """
@@ -572,7 +597,7 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
     axis = _check_axis(axis, input.ndim)
     C = input.shape[axis]
     _check_channels(weight, "weight", C, axis)
-    training = bool(training)
+    training = _check_training(training)
     if training:
         _check_channels(save_mean, "save_mean", C, axis)
         _check_channels(save_invstd, "save_invstd", C, axis)

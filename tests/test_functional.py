@@ -402,3 +402,21 @@ def test_tile_shapes_against_reference(rng, dtype, shape):
         escale = (w.astype(np.float64) / np.sqrt(rv.astype(np.float64) + 1e-5))
         want = g.astype(np.float64) * escale.reshape((1, C) + (1,) * (len(shape) - 2))
         assert np.allclose(ge, want, rtol=tol, atol=tol * float(np.abs(want).max()))
+
+
+def test_training_flag_accepts_bools_only(rng):
+    # like torch's argument parser: Python and NumPy bools; a truthy str must not train
+    x, w, b, rm, rv = _eval_args(rng, (6, 4))
+    ref = F.batch_norm(x, rm, rv, w, b, training=False)
+    assert F.batch_norm(x, rm, rv, w, b, training=np.False_).tobytes() == ref.tobytes()
+    rm0, rv0 = rm.copy(), rv.copy()
+    F.batch_norm(x, rm, rv, w, b, training=np.True_)
+    assert not np.array_equal(rm, rm0) and not np.array_equal(rv, rv0)
+    rm1, rv1 = rm.copy(), rv.copy()
+    for bad in ("False", None, 1, 0.0):
+        with pytest.raises(TypeError, match="training must be a bool"):
+            F.batch_norm(x, rm, rv, w, b, training=bad)
+    assert np.array_equal(rm, rm1) and np.array_equal(rv, rv1)
+    # an int momentum is fine (a real number) and takes the general path in evaluation
+    assert F.batch_norm(x, rm, rv, w, b, momentum=1).tobytes() == F.batch_norm(
+        x, rm, rv, w, b).tobytes()
