@@ -394,6 +394,21 @@ cdef void _channel_exact(const floating* base, const floating* dy, const _Plan* 
     out2[0] = ((s2 - s1 * s1 / count) / sc) / sc  # inf only when M2 itself is
 
 
+cdef inline const prm_t* _to_columns(const prm_t* per_channel, Py_ssize_t c0, Py_ssize_t c1,
+                                     Py_ssize_t L, prm_t* columns) noexcept nogil:
+    """Per-channel values of channels [c0, c1) as per-column values of a tile row: each
+    repeated L times into `columns` (L * (c1 - c0) <= TILE_CHANNELS); for L == 1 the
+    channels are the columns, and per_channel + c0 is returned without a copy."""
+    cdef Py_ssize_t c, l, j = 0
+    if L == 1:
+        return per_channel + c0
+    for c in range(c0, c1):
+        for l in range(L):
+            columns[j] = per_channel[c]
+            j += 1
+    return columns
+
+
 cdef inline void _fold(double* a, Py_ssize_t nc, Py_ssize_t L) noexcept nogil:
     """Sum the L column accumulators of each channel into a[c], in place, in a fixed order
     (a[c] is written after a[c * L:(c + 1) * L] is read, and c <= c * L)."""
@@ -429,7 +444,8 @@ cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,
     cdef double dev[TILE_CHANNELS]
     cdef double sq[TILE_CHANNELS]
     cdef floating shift[TILE_CHANNELS]
-    cdef floating colshift[TILE_CHANNELS]
+    cdef floating colbuf[TILE_CHANNELS]
+    cdef const floating* colshift
     cdef double* mean_out = part_mean + tl.slot * C + tl.c0
     cdef double* m2_out = part_m2 + tl.slot * C + tl.c0
     # columns: row n of the tile starts at xt + n * S and holds ncol contiguous values
@@ -438,7 +454,7 @@ cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,
     cdef const floating* row
     cdef floating d0, d1, d2, d3
     cdef double m
-    cdef Py_ssize_t n, c, j, l
+    cdef Py_ssize_t n, c, j
     for j in range(ncol if p.cols else nc):
         acc[j] = 0
         dev[j] = 0
@@ -465,11 +481,7 @@ cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,
         shift[c] = <floating>(acc[c] / count)
     # pass 2: deviations from the shift
     if p.cols:
-        j = 0
-        for c in range(nc):
-            for l in range(p.L):
-                colshift[j] = shift[c]
-                j += 1
+        colshift = _to_columns(shift, 0, nc, p.L, colbuf)
         n = tl.n0
         while n + GROUP <= tl.n1:
             row = xt + n * S
@@ -511,7 +523,7 @@ cdef void _tile_normalize(const floating* base, floating* out, const _Plan* p, P
     """
     cdef _Tile tl = _tile(p, t)
     cdef Py_ssize_t run = tl.l1 - tl.l0
-    cdef Py_ssize_t n, c, i, off, j, l
+    cdef Py_ssize_t n, c, i, off, j
     cdef const prm_t* hi = prm
     cdef const prm_t* lo = prm + p.C
     cdef const prm_t* sc = prm + 2 * p.C
@@ -522,24 +534,10 @@ cdef void _tile_normalize(const floating* base, floating* out, const _Plan* p, P
     cdef const floating* row
     cdef floating* o
     if p.cols:
-        if p.L == 1:
-            hi += tl.c0
-            lo += tl.c0
-            sc += tl.c0
-            sh += tl.c0
-        else:
-            j = 0
-            for c in range(tl.c0, tl.c1):
-                for l in range(p.L):
-                    col[j] = hi[c]
-                    col[TILE_CHANNELS + j] = lo[c]
-                    col[2 * TILE_CHANNELS + j] = sc[c]
-                    col[3 * TILE_CHANNELS + j] = sh[c]
-                    j += 1
-            hi = col
-            lo = col + TILE_CHANNELS
-            sc = col + 2 * TILE_CHANNELS
-            sh = col + 3 * TILE_CHANNELS
+        hi = _to_columns(hi, tl.c0, tl.c1, p.L, col)
+        lo = _to_columns(lo, tl.c0, tl.c1, p.L, col + TILE_CHANNELS)
+        sc = _to_columns(sc, tl.c0, tl.c1, p.L, col + 2 * TILE_CHANNELS)
+        sh = _to_columns(sh, tl.c0, tl.c1, p.L, col + 3 * TILE_CHANNELS)
         for n in range(tl.n0, tl.n1):
             row = base + n * S + tl.c0 * p.L
             o = out + n * S + tl.c0 * p.L
@@ -577,23 +575,20 @@ cdef void _tile_dot(const floating* dy, const floating* x, const _Plan* p, Py_ss
     cdef double* dy_out = part_dy + tl.slot * C + tl.c0
     cdef double* dyx_out = part_dyx + tl.slot * C + tl.c0
     cdef const double* center_t = center + tl.c0
-    cdef floating colcen[TILE_CHANNELS]
+    cdef floating colbuf[TILE_CHANNELS]
+    cdef const floating* colcen
     # columns, as in _tile_stats
     cdef Py_ssize_t S = C * p.L, ncol = nc * run, off0 = tl.c0 * p.L
     cdef const floating* g
     cdef const floating* v
-    cdef Py_ssize_t n, c, j, l
+    cdef Py_ssize_t n, c, j
     for c in range(nc):
         cen[c] = <floating>center_t[c]
     for j in range(ncol if p.cols else nc):
         sdy[j] = 0
         sdyx[j] = 0
     if p.cols:
-        j = 0
-        for c in range(nc):
-            for l in range(p.L):
-                colcen[j] = cen[c]
-                j += 1
+        colcen = _to_columns(cen, 0, nc, p.L, colbuf)
         n = tl.n0
         while n + GROUP <= tl.n1:
             g = dy + n * S + off0
@@ -632,7 +627,7 @@ cdef void _tile_grad_input(const floating* dy, const floating* x, floating* dx,
     """dx = (dy - mean_dy[c] - (x - center[c]) * k[c]) * scale[c]; dx = dy * scale[c] if not use_x."""
     cdef _Tile tl = _tile(p, t)
     cdef Py_ssize_t run = tl.l1 - tl.l0
-    cdef Py_ssize_t n, c, i, off, j, l
+    cdef Py_ssize_t n, c, i, off, j
     cdef double m, a, kk, s
     cdef double col[4 * TILE_CHANNELS]  # per-column constants when L > 1
     cdef Py_ssize_t S = p.C * p.L, ncol = (tl.c1 - tl.c0) * run, off0 = tl.c0 * p.L
@@ -641,25 +636,11 @@ cdef void _tile_grad_input(const floating* dy, const floating* x, floating* dx,
     cdef const double* ck = k
     cdef const double* cs = scale
     if p.cols:
-        if p.L == 1:
-            if use_x:  # (center, mean_dy and k may be NULL otherwise)
-                cm += tl.c0
-                ca += tl.c0
-                ck += tl.c0
-            cs += tl.c0
-        else:
-            j = 0
-            for c in range(tl.c0, tl.c1):
-                for l in range(p.L):
-                    col[j] = center[c] if use_x else 0
-                    col[TILE_CHANNELS + j] = mean_dy[c] if use_x else 0
-                    col[2 * TILE_CHANNELS + j] = k[c] if use_x else 0
-                    col[3 * TILE_CHANNELS + j] = scale[c]
-                    j += 1
-            cm = col
-            ca = col + TILE_CHANNELS
-            ck = col + 2 * TILE_CHANNELS
-            cs = col + 3 * TILE_CHANNELS
+        if use_x:  # (center, mean_dy and k may be NULL otherwise)
+            cm = _to_columns(center, tl.c0, tl.c1, p.L, col)
+            ca = _to_columns(mean_dy, tl.c0, tl.c1, p.L, col + TILE_CHANNELS)
+            ck = _to_columns(k, tl.c0, tl.c1, p.L, col + 2 * TILE_CHANNELS)
+        cs = _to_columns(scale, tl.c0, tl.c1, p.L, col + 3 * TILE_CHANNELS)
         for n in range(tl.n0, tl.n1):
             off = n * S + off0
             if use_x:
