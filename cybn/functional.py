@@ -142,15 +142,17 @@ def _check_eps(eps, training):
     return float(eps)
 
 
-def _check_momentum(momentum):
+def _check_momentum(momentum, finite=True):
     # Like torch, values outside [0, 1] are accepted (they extrapolate); unlike torch, a
     # non-finite momentum, which would silently turn the running statistics into NaN, is not.
-    if type(momentum) is float and momentum - momentum == 0:
+    # finite=False where momentum is unused (evaluation, no running statistics): a value of
+    # the wrong type is still a mistake, which torch's argument parser rejects too.
+    if type(momentum) is float and (momentum - momentum == 0 or not finite):
         return momentum
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise TypeError(f"momentum must be a real number, got {type(momentum).__name__}")
     momentum = float(momentum)
-    if momentum - momentum != 0:
+    if finite and momentum - momentum != 0:
         raise ValueError(f"momentum must be finite, got {momentum}")
     return momentum
 
@@ -163,15 +165,6 @@ def _check_training(training):
     if isinstance(training, np.bool_):
         return bool(training)
     raise TypeError(f"training must be a bool, got {type(training).__name__}")
-
-
-def _check_momentum_type(momentum):
-    # In evaluation, and in training without running statistics, momentum is unused, but a
-    # value of the wrong type is still a mistake (torch's parser rejects it too).
-    if type(momentum) is float or (isinstance(momentum, numbers.Real)
-                                   and not isinstance(momentum, bool)):
-        return
-    raise TypeError(f"momentum must be a real number, got {type(momentum).__name__}")
 
 
 def _check_writeable(a, name):
@@ -412,26 +405,26 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         missing in evaluation, there is one value per channel in training, ``eps`` is out
         of range, or ``momentum`` is not finite.
     """
-    if training is False and type(axis) is int and axis == 1 and type(momentum) is float:
-        output = _eval_fast(input, weight, bias, running_mean, running_var, eps, n_threads)
-        if output is not None:
-            return output
     return batch_norm_forward(input, weight, bias, running_mean, running_var, training,
                               momentum, eps, axis=axis, n_threads=n_threads)[0]
 
 
-def _eval_fast(input, weight, bias, running_mean, running_var, eps, n_threads):
+def _eval_fast(input, weight, bias, running_mean, running_var, training, momentum, eps,
+               axis, out, n_threads):
     """Evaluation forward for the plainest call, or None: then the general path runs.
 
     Inference on a small batch costs a few microseconds of validation, as much as the
-    arithmetic. This path accepts only what needs no conversion: a C-contiguous 2-D or
-    3-D native float32/float64 array with data, parameters of one native float dtype that
-    are C-contiguous (C,) arrays, running statistics present, a float ``eps >= 0``. Those
-    conditions imply every check of the general path, and anything else (every error
-    included) returns None, so the general path raises its usual exceptions. The result
-    is the same array the general path computes.
+    arithmetic. This path accepts only what needs no conversion: ``training is False``,
+    axis 1, no ``out``, a float momentum, a C-contiguous 2-D or 3-D native float32/float64
+    array with data, parameters of one native float dtype that are C-contiguous (C,)
+    arrays, running statistics present, a float ``eps >= 0``. Those conditions imply every
+    check of the general path, and anything else (every error included) returns None, so
+    the general path raises its usual exceptions. The result is the same array the general
+    path computes.
     """
-    if type(input) is not np.ndarray or type(eps) is not float or not eps >= 0:
+    if (training is not False or out is not None or type(axis) is not int or axis != 1
+            or type(momentum) is not float or type(input) is not np.ndarray
+            or type(eps) is not float or not eps >= 0):
         return None
     xdt = input.dtype
     shape = input.shape
@@ -484,12 +477,12 @@ def _check_forward_args(input, weight, bias, running_mean, running_var, training
             _check_writeable(running_mean, "running_mean")
             _check_writeable(running_var, "running_var")
         else:
-            _check_momentum_type(momentum)
+            _check_momentum(momentum, finite=False)
     elif running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var must be defined in evaluation mode "
                          "(training=False)")
     else:
-        _check_momentum_type(momentum)
+        _check_momentum(momentum, finite=False)
     eps = _check_eps(eps, training)
     return xdt, training, momentum, eps, axis
 
@@ -520,11 +513,10 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
         As :func:`batch_norm`; also when ``out`` has the wrong type, dtype, shape or
         layout, is read-only, or overlaps ``input``.
     """
-    if (training is False and out is None and type(axis) is int and axis == 1
-            and type(momentum) is float):
-        output = _eval_fast(input, weight, bias, running_mean, running_var, eps, n_threads)
-        if output is not None:
-            return output, _EMPTY, _EMPTY
+    output = _eval_fast(input, weight, bias, running_mean, running_var, training, momentum,
+                        eps, axis, out, n_threads)
+    if output is not None:
+        return output, _EMPTY, _EMPTY
     xdt, training, momentum, eps, axis = _check_forward_args(
         input, weight, bias, running_mean, running_var, training, momentum, eps, axis)
     update = training and running_mean is not None

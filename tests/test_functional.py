@@ -306,13 +306,17 @@ def _eval_args(rng, shape, dtype=np.float32, pdt=np.float32, affine=True):
     return x, w, b, rm, rv
 
 
+def _fast(x, w, b, rm, rv, eps, training=False, momentum=0.1, axis=1, out=None):
+    return F._eval_fast(x, w, b, rm, rv, training, momentum, eps, axis, out, None)
+
+
 @pytest.mark.parametrize("shape", [(2, 3), (32, 64), (4, 5, 6), (300, 300)])
 @pytest.mark.parametrize("dtype,pdt", [(np.float32, np.float32), (np.float64, np.float64),
                                        (np.float64, np.float32), (np.float32, np.float64)])
 @pytest.mark.parametrize("affine", [True, False])
 def test_eval_fast_path_equals_general_path(rng, shape, dtype, pdt, affine):
     x, w, b, rm, rv = _eval_args(rng, shape, dtype, pdt, affine)
-    fast = F._eval_fast(x, w, b, rm, rv, 1e-5, None)
+    fast = _fast(x, w, b, rm, rv, 1e-5)
     assert fast is not None  # these calls take the fast path
     # out= forces the general path; it must agree bit for bit
     general = F.batch_norm_forward(x, w, b, rm, rv, False, 0.1, 1e-5, out=np.empty_like(x))[0]
@@ -330,8 +334,13 @@ def test_eval_fast_path_equals_general_path(rng, shape, dtype, pdt, affine):
 @pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 def test_eval_fast_path_declines_everything_unusual(rng):
     x, w, b, rm, rv = _eval_args(rng, (6, 4))
-    fast = F._eval_fast
-    assert fast(x, w, b, rm, rv, 1e-5, None) is not None
+    fast = _fast
+    assert fast(x, w, b, rm, rv, 1e-5) is not None
+    assert fast(x, w, b, rm, rv, 1e-5, training=np.False_) is None
+    assert fast(x, w, b, rm, rv, 1e-5, momentum=1) is None
+    assert fast(x, w, b, rm, rv, 1e-5, axis=True) is None
+    assert fast(x, w, b, rm, rv, 1e-5, axis=-1) is None
+    assert fast(x, w, b, rm, rv, 1e-5, out=np.empty_like(x)) is None
     declined = {
         "list input": (x.tolist(), w, b, rm, rv, 1e-5),
         "float16": (x.astype(np.float16), w, b, rm, rv, 1e-5),
@@ -352,7 +361,7 @@ def test_eval_fast_path_declines_everything_unusual(rng):
         "float16 parameters": (x, w, b, rm.astype(np.float16), rv.astype(np.float16), 1e-5),
     }
     for why, args in declined.items():
-        assert fast(*args, None) is None, why
+        assert fast(*args) is None, why
     # a declined call still gets the general path's checks and errors
     with pytest.raises(ValueError, match="should contain 4 elements not 3"):
         F.batch_norm(x, rm, rv, w[:3], b)
