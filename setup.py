@@ -145,24 +145,25 @@ def _openmp_candidates(compiler_type):
 class CybnBuildExt(build_ext):
     """build_ext that probes OpenMP, applies flags and directives, then cythonizes."""
 
-    def _probe_openmp(self, compile_args, link_args, source=OPENMP_PROBE_SOURCE):
-        """Compile and link `source` as a shared object; True if both succeed.
+    def _probe(self, compile_args, link_args, source=OPENMP_PROBE_SOURCE):
+        """Compile and link `source` (default: the OpenMP probe) as a shared object; True if both
+        succeed.
 
         Runs inside a temporary directory with a relative source path: with an absolute path
         distutils would nest the object file under a copy of the temporary path.
         """
         old_cwd = os.getcwd()
-        tmpdir = tempfile.mkdtemp(prefix="cybn-openmp-probe-")
+        tmpdir = tempfile.mkdtemp(prefix="cybn-probe-")
         try:
             os.chdir(tmpdir)
-            with open("cybn_openmp_probe.c", "w") as f:
+            with open("cybn_probe.c", "w") as f:
                 f.write(source)
             objects = self.compiler.compile(
-                ["cybn_openmp_probe.c"], output_dir=".", extra_postargs=compile_args
+                ["cybn_probe.c"], output_dir=".", extra_postargs=compile_args
             )
             self.compiler.link_shared_object(
                 objects,
-                "cybn_openmp_probe" + (".pyd" if sys.platform == "win32" else ".so"),
+                "cybn_probe" + (".pyd" if sys.platform == "win32" else ".so"),
                 output_dir=".",
                 extra_postargs=link_args,
             )
@@ -192,7 +193,7 @@ class CybnBuildExt(build_ext):
                 " (compiler errors below mean this candidate is unusable)",
                 flush=True,
             )
-            if self._probe_openmp(compile_args, link_args):
+            if self._probe(compile_args, link_args):
                 _banner(
                     f"cybn: OpenMP ENABLED (compile args {compile_args}, link args {link_args})"
                 )
@@ -309,7 +310,7 @@ class CybnBuildExt(build_ext):
         if ext is None:  # not an x86-64 target, or CYBN_AVX2=0 (see _extensions)
             return None
         args = AVX2_ARGS.get(self.compiler.compiler_type, AVX2_ARGS_DEFAULT)
-        if self._probe_openmp(args, [], source="int cybn_avx2_probe(void) { return 0; }\n"):
+        if self._probe(args, [], source="int cybn_avx2_probe(void) { return 0; }\n"):
             print(f"cybn: building {AVX2_MODULE} with {args}", flush=True)
             return args
         self.extensions.remove(ext)
