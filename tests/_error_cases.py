@@ -495,25 +495,118 @@ ROWS = [
     # ---- compat --------------------------------------------------------------------------
     Row("CP-mode", CO, "bn_param without mode",
         "CP.batchnorm_forward(x, w, b, {})", V,
-        "bn_param['mode'] must be 'train' or 'test', got None"),
+        "batchnorm_forward: bn_param['mode'] must be 'train' or 'test', got None"),
     Row("CP-mode-bad", CO, "unknown mode",
         "CP.batchnorm_forward(x, w, b, {'mode': 'foo'})", V,
-        "bn_param['mode'] must be 'train' or 'test', got 'foo'"),
+        "batchnorm_forward: bn_param['mode'] must be 'train' or 'test', got 'foo'"),
+    Row("CP-bn-param-type", CO, "bn_param not a dict",
+        "CP.batchnorm_forward(x, w, b, 'train')", T,
+        "batchnorm_forward: bn_param must be a dict, got str"),
+    Row("CP-bn-param-key", CO, "a key the handouts do not define (layer norm reusing batch norm)",
+        "CP.batchnorm_forward(x, w, b, {'mode': 'train', 'layernorm': 1})", V,
+        "batchnorm_forward: bn_param has key(s) 'layernorm' that the cs231n handouts do not "
+        "define (cybn knows 'mode', 'eps', 'momentum', 'running_mean', 'running_var'). Code "
+        "that adds keys gives batchnorm_forward another meaning (e.g. layer norm), which cybn "
+        "would silently ignore: keep your own function for such calls (patch only the modules "
+        "whose calls are plain batch norm)"),
+    Row("CP-bn-param-2016", CO, "the 2016 handout's stray bn_param['train'] key",
+        "CP.batchnorm_forward(x, w, b, {'mode': 'train', 'train': 'train'})",
+        check="assert p0 is not None", note="plain batch norm, like the 2016 networks",
+        setup="p0 = 1"),
+    Row("CP-x-type", CO, "x a list", "CP.batchnorm_forward(x.tolist(), w, b, {'mode': 'train'})",
+        T, "batchnorm_forward: x must be a NumPy array of float16, float32 or float64, got "
+        "builtins.list"),
+    Row("CP-x-dtype", CO, "x complex",
+        "CP.batchnorm_forward(x.astype(complex), w, b, {'mode': 'train'})", T,
+        "batchnorm_forward: x must be an array of float16/32/64 or integers, got dtype "
+        "complex128"),
     Row("CP-ndim", CO, "3-D x for the 2-D function",
-        "CP.batchnorm_forward(x3, w, b, {'mode': 'train'})", V, "expected 2D x (got 3D x)"),
+        "CP.batchnorm_forward(x3, w, b, {'mode': 'train'})", V,
+        "batchnorm_forward: expected 2D x (got 3D x)"),
     Row("CP-spatial-ndim", CO, "3-D x for the spatial function",
         "CP.spatial_batchnorm_forward(x3, w, b, {'mode': 'train'})", V,
-        "expected 4D x (got 3D x)"),
+        "spatial_batchnorm_forward: expected 4D x (got 3D x)"),
     Row("CP-gamma", CO, "gamma of the wrong length",
         "CP.batchnorm_forward(x, np.ones(4, np.float32), b, {'mode': 'train'})", V,
-        "gamma should contain 3 elements not 4 (the input has 3 channels along axis 1; "
-        "gamma has shape (4,))"),
-    Row("CP-one-value", CO, "one row in training",
-        "CP.batchnorm_forward(x[:1], w, b, {'mode': 'train'})", V,
-        "Expected more than 1 value per channel when training, got input size (1, 3)"),
+        "batchnorm_forward: gamma must have shape (3,) or (1, 3) (x has 3 features along "
+        "axis 1), got shape (4,)"),
+    Row("CP-gamma-column", CO, "gamma as a (D, 1) column",
+        "CP.batchnorm_forward(x, w[:, None], b, {'mode': 'train'})", V,
+        "batchnorm_forward: gamma must have shape (3,) or (1, 3) (x has 3 features along "
+        "axis 1), got shape (3, 1)"),
+    Row("CP-gamma-str", CO, "gamma of strings",
+        "CP.batchnorm_forward(x, np.array(['a', 'b', 'c']), b, {'mode': 'train'})", T,
+        "batchnorm_forward: gamma must be an array of float16/32/64 or integers, got dtype <U1"),
+    Row("CP-running-shape", CO, "running_mean of the wrong length",
+        "CP.batchnorm_forward(x, w, b, {'mode': 'train', 'running_mean': np.zeros(2)})", V,
+        "batchnorm_forward: bn_param['running_mean'] must have shape (3,) or (1, 3) (x has 3 "
+        "features along axis 1), got shape (2,)"),
+    Row("CP-eps", CO, "negative eps", "CP.batchnorm_forward(x, w, b, {'mode': 'train', "
+        "'eps': -1e-5})", V, "batchnorm_forward: bn_param['eps'] must be finite and >= 0, "
+        "got -1e-05"),
+    Row("CP-momentum", CO, "NaN momentum", "CP.batchnorm_forward(x, w, b, {'mode': 'train', "
+        "'momentum': float('nan')})", V,
+        "batchnorm_forward: bn_param['momentum'] must be finite, got nan"),
+    Row("CP-one-value", CO, "one row in training (the handout's formula gives beta)",
+        "out, _ = CP.batchnorm_forward(x[:1], w, b, {'mode': 'train'})",
+        check="assert np.array_equal(out, b[None])"),
+    Row("CP-empty", CO, "no rows in training",
+        "CP.batchnorm_forward(x[:0], w, b, {'mode': 'train'})", V,
+        "batchnorm_forward: x has no rows (shape (0, 3)): the batch mean of an empty batch "
+        "is NaN"),
+    Row("CP-nan", CO, "NaN in a training batch",
+        "CP.batchnorm_forward(xn, w, b, {'mode': 'train'})", V,
+        "batchnorm_forward: x holds NaN or Inf (or values whose square overflows) in "
+        "feature(s) [1]: the convention's batch statistics would be NaN there; nothing was "
+        "updated", setup="xn = x.copy(); xn[2, 1] = np.nan"),
+    Row("CP-eps0-constant", CO, "eps 0 with a constant feature",
+        "CP.batchnorm_forward(xc, w, b, {'mode': 'train', 'eps': 0.0})", V,
+        "batchnorm_forward: feature(s) [0] of x are constant over the batch and eps is 0: the "
+        "convention's formula divides 0 by 0 there (NaN); use eps > 0",
+        setup="xc = x.copy(); xc[:, 0] = 1"),
+    Row("CP-test-var", CO, "negative running_var in test mode",
+        "CP.batchnorm_forward(x, w, b, {'mode': 'test', 'running_mean': rm, "
+        "'running_var': -rv})", V, match=r"batchnorm_forward: bn_param\['running_var'\] \+ "
+        r"eps must be > 0 for every feature, got minimum -\S+ with eps 1e-05"),
     Row("CP-dout", CO, "dout of the wrong shape", "CP.batchnorm_backward(g[:3], cache)", V,
-        "dout must have the shape of x (4, 3), got (3, 3)",
+        "batchnorm_backward: dout must have the shape of x (4, 3), got (3, 3)",
         setup="_, cache = CP.batchnorm_forward(x, w, b, {'mode': 'train'})"),
+    Row("CP-foreign-cache", CO, "a cache cybn did not make (half a switch)",
+        "CP.batchnorm_backward_alt(g, (x, w, b))", T,
+        "batchnorm_backward_alt: cache must come from cybn.compat.batchnorm_forward, got "
+        "builtins.tuple (made by another implementation of the forward?): forward and "
+        "backward must be switched together: cybn.compat.patch(<your package>) replaces "
+        "every batch-norm function of the convention at once"),
+    Row("CP-cache-unpacked", CO, "cybn's cache unpacked by a legacy backward",
+        "xx, mu, var = cache", T,
+        "this cache was made by cybn.compat.batchnorm_forward and is read only by "
+        "cybn.compat's backward: a legacy backward function received it. forward and "
+        "backward must be switched together: cybn.compat.patch(<your package>) replaces "
+        "every batch-norm function of the convention at once",
+        setup="_, cache = CP.batchnorm_forward(x, w, b, {'mode': 'train'})"),
+    Row("CP-cache-kind", CO, "a spatial cache given to the fully connected backward",
+        "CP.batchnorm_backward(np.ones((2, 3, 2, 2)), cache)", T,
+        "batchnorm_backward: cache was made by cybn.compat.spatial_batchnorm_forward; "
+        "batchnorm_backward reads caches of batchnorm_forward or batchnorm_forward_alt",
+        setup="_, cache = CP.spatial_batchnorm_forward(np.ones((2, 3, 2, 2)) + "
+        "np.arange(24).reshape(2, 3, 2, 2), w, b, {'mode': 'train'})"),
+    Row("BN-layer-gamma", CO, "BatchNormalization with gamma of the wrong size",
+        "CP.BatchNormalization(np.ones(4), np.zeros(4)).forward(x)", V,
+        "BatchNormalization.forward: gamma must have shape (3,) or (1, 3) (x reshaped to "
+        "(N, -1) has 3 features), got shape (4,)"),
+    Row("BN-layer-1d", CO, "BatchNormalization given a 1-D x",
+        "CP.BatchNormalization(w, b).forward(x[0])", V,
+        "BatchNormalization.forward: expected at least 2D x (got 1D x)"),
+    Row("BN-layer-backward-test", CO, "BatchNormalization.backward after a test-mode forward",
+        "layer.backward(g)", R,
+        "BatchNormalization.backward: no training forward to differentiate: the last forward "
+        "was in test mode (train_flg=False); call forward(x, train_flg=True) before backward",
+        setup="layer = CP.BatchNormalization(w, b); layer.forward(x); "
+        "layer.forward(x, train_flg=False)"),
+    Row("BN-layer-dout", CO, "BatchNormalization.backward with dout of another shape",
+        "layer.backward(g[:2])", V,
+        "BatchNormalization.backward: dout must have the shape of the forward's input (4, 3), "
+        "got (2, 3)", setup="layer = CP.BatchNormalization(w, b); layer.forward(x)"),
 ]
 
 GROUPS = [C, MF, BW, SD, FF, FB, CO]

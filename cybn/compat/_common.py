@@ -42,7 +42,8 @@ def check_x(x, func, ndims, name="x"):
         raise TypeError(f"{func}: {name} must be an array of float16/32/64 or integers, "
                         f"got dtype {dt}")
     if x.ndim not in ndims:
-        expected = " or ".join(f"{d}D" for d in ndims)
+        expected = (f"at least {ndims.start}D" if isinstance(ndims, range)
+                    else " or ".join(f"{d}D" for d in ndims))
         raise ValueError(f"{func}: expected {expected} {name} (got {x.ndim}D {name})")
     return dt if dt.kind == "f" else _F64
 
