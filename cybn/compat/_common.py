@@ -45,7 +45,9 @@ def check_x(x, func, ndims, name="x"):
         expected = (f"at least {ndims.start}D" if isinstance(ndims, range)
                     else " or ".join(f"{d}D" for d in ndims))
         raise ValueError(f"{func}: expected {expected} {name} (got {x.ndim}D {name})")
-    return dt if dt.kind == "f" else _F64
+    if dt.kind != "f":
+        return _F64
+    return dt if dt.isnative else dt.newbyteorder("=")
 
 
 def as_real(a, name, func):

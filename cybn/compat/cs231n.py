@@ -42,6 +42,7 @@ __all__ = [
     "spatial_batchnorm_forward",
 ]
 
+_INF = float("inf")
 _KEYS = frozenset(("mode", "eps", "momentum", "running_mean", "running_var"))
 _FC_KINDS = ("batchnorm_forward", "batchnorm_forward_alt")
 _SPATIAL_KINDS = ("spatial_batchnorm_forward",)
@@ -108,13 +109,16 @@ def _forward(x, gamma, beta, bn_param, func, ndim):
         cdt = _c.result_dtype(xf, _c.promoted(gamma, g), _c.promoted(beta, b))
         g = g.astype(cdt, copy=False)
         b = b.astype(cdt, copy=False)
-    eps = _c.check_eps(bn_param.get("eps", 1e-5), func, "bn_param['eps']")
+    eps = bn_param.get("eps", 1e-5)
+    if type(eps) is not float or not 0.0 < eps < _INF:
+        eps = _c.check_eps(eps, func, "bn_param['eps']")
     momentum = bn_param.get("momentum", 0.9)
     rm_in = bn_param.get("running_mean")
     rv_in = bn_param.get("running_var")
     default_shape = shapes[0] if len(shapes[0]) else (C,)
     if training:
-        momentum = _c.check_momentum(momentum, func, "bn_param['momentum']")
+        if type(momentum) is not float or momentum - momentum != 0:
+            momentum = _c.check_momentum(momentum, func, "bn_param['momentum']")
         if x.size == 0 and C:
             raise ValueError(f"{func}: x has no rows (shape {x.shape}): the batch mean of "
                              "an empty batch is NaN")
@@ -122,8 +126,8 @@ def _forward(x, gamma, beta, bn_param, func, ndim):
         rv, rv_shape, rv_dt = _running(rv_in, "running_var", func, x, xf, C, default_shape)
         # new arrays in the compute dtype, updated by the kernel (the handout assigns new
         # arrays rather than updating the caller's)
-        rm = np.array(rm, dtype=cdt)
-        rv = np.array(rv, dtype=cdt)
+        rm = rm.copy() if rm.dtype == cdt else np.array(rm, dtype=cdt)
+        rv = rv.copy() if rv.dtype == cdt else np.array(rv, dtype=cdt)
         out, stats, saved = _c.forward(x, cdt, g, b, rm, rv, True, 1.0 - momentum, eps, func)
         bn_param["running_mean"] = _written(rm, rm_dt, rm_shape)
         bn_param["running_var"] = _written(rv, rv_dt, rv_shape)
@@ -155,9 +159,9 @@ def _running(a, name, func, x, xf, C, default_shape):
     """(C values, caller's shape, dtype to write back) of a running statistic."""
     if a is None:
         # the handout's np.zeros(D, dtype=x.dtype), in the caller's parameter shape
-        return np.zeros(C, dtype=x.dtype), default_shape, _c.result_dtype(x.dtype, xf)
+        return np.zeros(C, dtype=x.dtype), default_shape, xf
     if type(a) is np.ndarray and a.shape == (C,):
-        return a, a.shape, _c.result_dtype(a.dtype, xf)
+        return a, a.shape, (xf if a.dtype == xf else _c.result_dtype(a.dtype, xf))
     accepted, what = _param_shapes(x)
     values, shape = _c.per_channel(a, f"bn_param[{name!r}]", func, C, accepted, what)
     return values, shape, _c.result_dtype(values.dtype, xf)
