@@ -5,6 +5,10 @@
 # running statistics are C-contiguous (C,) arrays of the module dtype (float32 or float64, may
 # differ from the data's); statistics buffers are float64. Calling these with unchecked
 # arguments is undefined behaviour. Arguments documented "or None" are optional arrays.
+# forward_training, forward_inference, backward_training and backward_inference take two
+# scalar markers first (x_type, p_type: pass 0.0): they select the specialisation through
+# __signatures__ (e.g. "double|float": float64 data, float32 parameters); the arrays are
+# then checked against it (dtype, dimensions, shapes, writability) and rejected otherwise.
 
 from typing import TypeAlias
 
@@ -20,6 +24,8 @@ def normalize(
     x: _Data, center: _F64, scale: _F64, shift: _F64, out: _Data, n_threads: int
 ) -> None: ...
 def forward_training(
+    x_type: float,
+    p_type: float,
     x: _Data,
     weight: _Param | None,
     bias: _Param | None,
@@ -34,6 +40,8 @@ def forward_training(
     n_threads: int,
 ) -> int: ...
 def forward_inference(
+    x_type: float,
+    p_type: float,
     x: _Data,
     weight: _Param | None,
     bias: _Param | None,
@@ -63,6 +71,8 @@ def backward_input(
     n_threads: int,
 ) -> None: ...
 def backward_training(
+    x_type: float,
+    p_type: float,
     grad_output: _Data,
     x: _Data,
     weight: _Param | None,
@@ -74,6 +84,8 @@ def backward_training(
     n_threads: int,
 ) -> None: ...
 def backward_inference(
+    x_type: float,
+    p_type: float,
     grad_output: _Data,
     x: _Data,
     weight: _Param | None,

@@ -21,6 +21,7 @@ dtype policy
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
@@ -47,7 +48,9 @@ def _specialise(kernel, n_types):
     sigs = kernel.__signatures__
     if n_types == 1:
         return {dt: sigs[name] for dt, name in _CNAME.items()}
-    return {(dx, dp): sigs[f"{nx}|{npar}"]
+    # the two-type kernels take the arrays as objects and two scalar markers that fix
+    # their specialisation (see the kernel source); bind the markers here
+    return {(dx, dp): functools.partial(sigs[f"{nx}|{npar}"], 0.0, 0.0)
             for dx, nx in _CNAME.items() for dp, npar in _CNAME.items()}
 
 
@@ -173,24 +176,18 @@ def _check_writeable(a, name):
                          "got a read-only array")
 
 
-def _param_dtype(*arrays):
-    """The dtype per-channel arrays are handed to the kernels in: the first one's."""
-    for a in arrays:
-        if a is not None:
-            return _compute_dtype(a.dtype)
-    return None
-
-
 def _kernel_params(weight, bias, running_mean, running_var, xdt):
     """The per-channel arrays in one kernel dtype (the first present array's compute
     dtype, else ``xdt``), C-contiguous; copies only what is not already so."""
-    pdt = _param_dtype(running_mean, running_var, weight, bias) or xdt
-    ready = True
-    for a in (weight, bias, running_mean, running_var):
+    arrays = (weight, bias, running_mean, running_var)
+    first = (running_mean if running_mean is not None else running_var
+             if running_var is not None else weight if weight is not None else bias)
+    pdt = xdt if first is None else (_COMPUTE.get(first.dtype)
+                                     or _compute_dtype(first.dtype))
+    for a in arrays:
         if a is not None and (a.dtype is not pdt or not a.flags.c_contiguous):
-            ready = False
             break
-    if ready:  # the common case: nothing to convert
+    else:  # the common case: nothing to convert
         return weight, bias, running_mean, running_var, pdt
     return (_as_param(weight, pdt), _as_param(bias, pdt), _as_param(running_mean, pdt),
             _as_param(running_var, pdt), pdt)
@@ -284,7 +281,10 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
     x3 = view.data
     A, C, B = x3.shape
     count = A * B
-    out3, res = _prepare_out(out, input.shape, input.dtype, view, xdt, (input,))
+    if out is None:  # the common case, without _prepare_out's checks of `out`
+        out3, res = view.empty_like()
+    else:
+        out3, res = _prepare_out(out, input.shape, input.dtype, view, xdt, (input,))
     nt = effective_n_threads(n_threads)
     w, b, rm, rv, pdt = _kernel_params(weight, bias, running_mean, running_var, xdt)
     if use_batch_stats:
@@ -340,7 +340,10 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
     dy3 = view.adopt(dy)
     pdt = _compute_dtype(weight.dtype) if weight is not None else (gdt if gdt in _CNAME else xdt)
     w = _as_param(weight, pdt)
-    gi3, res = _prepare_out(out, view.shape, dtype, view, xdt, (grad_output, saved.input))
+    if out is None and dtype == xdt:  # the common case, without _prepare_out's checks
+        gi3, res = view.empty_like()
+    else:
+        gi3, res = _prepare_out(out, view.shape, dtype, view, xdt, (grad_output, saved.input))
     gw = np.empty(C, dtype=pdt) if need_weight else None
     gb = np.empty(C, dtype=pdt) if need_bias else None
     nt = effective_n_threads(n_threads)

@@ -1,0 +1,189 @@
+"""Same-process A/B of two cybn builds: new ÷ old time for every benchmark case.
+
+    python benchmarks/compare_builds.py --build-old HEAD~1     # build a revision as cybn_old
+    python benchmarks/compare_builds.py                        # installed cybn vs cybn_old
+
+A kernel change must report, for every case, the ratio new ÷ old measured side by side in
+one process (timings on a shared machine drift between runs; interleaved rounds in one
+process see the same drift). Two builds of one package cannot be imported together under
+one name, so ``--build-old REV`` checks the revision out into a temporary git worktree and
+compiles it as the package ``cybn_old`` (same compiler flags as setup.py's release build:
+-O3, -ffp-contract=off, OpenMP, -mavx2 for the AVX2 module) into
+``benchmarks/.old/`` (ignored by git). The comparison then imports both, checks that they
+return bitwise-identical results for each case, and times them round-robin.
+
+Cases: the shapes of ``cybn.bench`` (its DEFAULT_SHAPES), float32 and float64, training
+forward, backward (all three gradients) and evaluation forward through
+``cybn.functional``, at 1 and 2 threads; plus the legacy-code calls of
+``benchmarks/legacy.py`` (``cybn.compat``), which are where per-call overhead shows.
+"""
+
+import argparse
+import gc
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+OLD_DIR = os.path.join(HERE, ".old")
+
+SHAPES = ((2, 3), (32, 64), (256, 512), (4096, 1024), (65536, 256), (64, 256, 1024),
+          (8, 64, 16384), (1024, 3, 224))
+BUILD_OLD = r'''
+from setuptools import setup, Extension
+from Cython.Build import cythonize
+D = {"language_level": 3, "boundscheck": False, "wraparound": False, "cdivision": True,
+     "initializedcheck": False, "nonecheck": False, "autotestdict": False,
+     "freethreading_compatible": True, "embedsignature": True, "binding": True}
+common = ["-O3", "-ffp-contract=off", "-fopenmp"]
+exts = [Extension(f"cybn_old.{m}", [f"cybn_old/{m}.pyx"], extra_compile_args=common + extra,
+                  extra_link_args=["-fopenmp"])
+        for m, extra in [("_kernels", []), ("_kernels_avx2", ["-mavx2"]), ("_openmp", []),
+                         ("_cpu", [])]]
+setup(name="cybn_old", ext_modules=cythonize(exts, compiler_directives=D, quiet=True),
+      script_args=["build_ext", "--inplace"])
+'''
+
+
+def build_old(rev):
+    tmp = tempfile.mkdtemp(prefix="cybn-old-")
+    try:
+        subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", tmp, rev], check=True)
+        shutil.rmtree(OLD_DIR, ignore_errors=True)
+        os.makedirs(OLD_DIR)
+        shutil.copytree(os.path.join(tmp, "cybn"), os.path.join(OLD_DIR, "cybn_old"),
+                        ignore=shutil.ignore_patterns("*.so", "*.c", "_sol.pyx", "__pycache__"))
+        with open(os.path.join(OLD_DIR, "build_old.py"), "w") as f:
+            f.write(BUILD_OLD)
+        subprocess.run([sys.executable, "build_old.py"], cwd=OLD_DIR, check=True)
+    finally:
+        subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tmp], check=False)
+    print(f"built {rev} as cybn_old in {OLD_DIR}")
+
+
+def _batch(fn):
+    k = 1
+    while True:
+        t0 = time.perf_counter_ns()
+        for _ in range(k):
+            fn()
+        if time.perf_counter_ns() - t0 >= 2_000_000:
+            return k
+        k *= 2
+
+
+def ab(new_fn, old_fn, rounds):
+    k = max(_batch(new_fn), _batch(old_fn))
+    times = {"new": [], "old": []}
+    gc.disable()
+    try:
+        for r in range(rounds):
+            order = (("new", new_fn), ("old", old_fn)) if r % 2 == 0 else (
+                ("old", old_fn), ("new", new_fn))
+            for name, fn in order:
+                t0 = time.perf_counter_ns()
+                for _ in range(k):
+                    fn()
+                times[name].append((time.perf_counter_ns() - t0) / k)
+    finally:
+        gc.enable()
+    return statistics.median(times["new"]), statistics.median(times["old"])
+
+
+def functional_cases(pkg, shape, dtype, nt, rng_seed=0):
+    F = pkg.functional
+    rng = np.random.default_rng(rng_seed)
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w = rng.uniform(0.5, 2, C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)  # updated by every training call
+    em, ev = b.copy(), w.copy()  # evaluation statistics, never updated
+    _, sm, si = F.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5, n_threads=nt)
+    return {
+        "fwd_train": lambda: F.batch_norm_forward(x, w, b, rm, rv, True, 0.1, 1e-5,
+                                                  n_threads=nt),
+        "bwd": lambda: F.batch_norm_backward(dy, x, w, sm, si, n_threads=nt),
+        "fwd_eval": lambda: F.batch_norm_forward(x, w, b, em, ev, False, 0.1, 1e-5,
+                                                 n_threads=nt),
+    }
+
+
+def compat_cases(pkg, shape, dtype):
+    CP = pkg.compat
+    rng = np.random.default_rng(1)
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    g, b = rng.uniform(0.5, 2, C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    fwd = CP.batchnorm_forward if len(shape) == 2 else CP.spatial_batchnorm_forward
+    bwd = CP.batchnorm_backward_alt if len(shape) == 2 else CP.spatial_batchnorm_backward
+    cases = {"compat fwd+bwd": lambda: bwd(dy, fwd(x, g, b, {"mode": "train"})[1]),
+             "compat test fwd": lambda: fwd(x, g, b, {"mode": "test", "running_mean": b,
+                                                      "running_var": g})}
+    if len(shape) == 2 and hasattr(CP, "BatchNormalization"):
+        def layer_step(layer=CP.BatchNormalization(g, b)):
+            layer.forward(x)
+            return layer.backward(dy)
+        cases["book layer fwd+bwd"] = layer_step
+    return cases
+
+
+def _same(a, b):
+    a = a if isinstance(a, tuple) else (a,)
+    b = b if isinstance(b, tuple) else (b,)
+    return all(np.asarray(u).tobytes() == np.asarray(v).tobytes()
+               for u, v in zip(a, b) if isinstance(u, np.ndarray))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--build-old", metavar="REV", help="build REV as cybn_old first")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", default="1,2")
+    args = parser.parse_args(argv)
+    if args.build_old:
+        build_old(args.build_old)
+    sys.path.insert(0, OLD_DIR)
+    import cybn
+    import cybn_old
+
+    print(f"new: {cybn.__file__} ({cybn._backend.kernels.__name__}); "
+          f"old: {cybn_old.__file__} ({cybn_old._backend.kernels.__name__})")
+    print(f"{'case':44} {'new':>10} {'old':>10} {'new/old':>8}")
+    ratios = []
+
+    def row(label, new_fn, old_fn):
+        assert _same(new_fn(), old_fn()), f"{label}: the builds' results differ"
+        new, old = ab(new_fn, old_fn, args.rounds)
+        ratios.append(new / old)
+        print(f"{label:44} {new / 1e3:9.1f}u {old / 1e3:9.1f}u {new / old:8.3f}", flush=True)
+
+    for nt in (int(t) for t in args.threads.split(",")):
+        for shape in SHAPES:
+            for dt in (np.float32, np.float64):
+                new_c = functional_cases(cybn, shape, dt, nt)
+                old_c = functional_cases(cybn_old, shape, dt, nt)
+                for op in new_c:
+                    row(f"{op} {shape} {np.dtype(dt).name} t{nt}", new_c[op], old_c[op])
+    for shape in ((50, 100), (200, 500), (64, 16, 16, 16)):
+        for dt in (np.float32, np.float64):
+            new_c, old_c = compat_cases(cybn, shape, dt), compat_cases(cybn_old, shape, dt)
+            for op in new_c:
+                if op in old_c:
+                    row(f"{op} {shape} {np.dtype(dt).name}", new_c[op], old_c[op])
+    print(f"new/old: median {statistics.median(ratios):.3f}, max {max(ratios):.3f}, "
+          f"min {min(ratios):.3f} over {len(ratios)} cases")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
