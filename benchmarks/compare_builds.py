@@ -19,16 +19,15 @@ forward, backward (all three gradients) and evaluation forward through
 """
 
 import argparse
-import gc
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
+from _timing import medians
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -66,35 +65,6 @@ def build_old(rev):
     finally:
         subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tmp], check=False)
     print(f"built {rev} as cybn_old in {OLD_DIR}")
-
-
-def _batch(fn):
-    k = 1
-    while True:
-        t0 = time.perf_counter_ns()
-        for _ in range(k):
-            fn()
-        if time.perf_counter_ns() - t0 >= 2_000_000:
-            return k
-        k *= 2
-
-
-def ab(new_fn, old_fn, rounds):
-    k = max(_batch(new_fn), _batch(old_fn))
-    times = {"new": [], "old": []}
-    gc.disable()
-    try:
-        for r in range(rounds):
-            order = (("new", new_fn), ("old", old_fn)) if r % 2 == 0 else (
-                ("old", old_fn), ("new", new_fn))
-            for name, fn in order:
-                t0 = time.perf_counter_ns()
-                for _ in range(k):
-                    fn()
-                times[name].append((time.perf_counter_ns() - t0) / k)
-    finally:
-        gc.enable()
-    return statistics.median(times["new"]), statistics.median(times["old"])
 
 
 def functional_cases(pkg, shape, dtype, nt, rng_seed=0):
@@ -163,7 +133,8 @@ def main(argv=None):
 
     def row(label, new_fn, old_fn):
         assert _same(new_fn(), old_fn()), f"{label}: the builds' results differ"
-        new, old = ab(new_fn, old_fn, args.rounds)
+        m = medians({"new": new_fn, "old": old_fn}, args.rounds, min_ns=2_000_000)
+        new, old = m["new"], m["old"]
         ratios.append(new / old)
         print(f"{label:44} {new / 1e3:9.1f}u {old / 1e3:9.1f}u {new / old:8.3f}", flush=True)
 

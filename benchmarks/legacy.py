@@ -24,11 +24,8 @@ to the largest magnitude; float32: 1e-4). Ratios are NumPy / cybn and torch / cy
 """
 
 import argparse
-import gc
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -36,6 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
 sys.path.insert(0, os.path.join(EXAMPLES, "legacy_cs231n"))
 sys.path.insert(0, os.path.join(EXAMPLES, "legacy_dlfs"))
+
+from _timing import medians  # noqa: E402
 
 import cybn  # noqa: E402
 import cybn.compat as CP  # noqa: E402
@@ -46,40 +45,6 @@ try:
     import torch
 except ImportError:  # torch is optional here
     torch = None
-
-BATCH_NS = 200_000  # one timed sample: calls batched to at least 0.2 ms
-
-
-def _time(fn):
-    """Median ns per call of fn over batches of at least BATCH_NS."""
-    k = 1
-    while True:
-        t0 = time.perf_counter_ns()
-        for _ in range(k):
-            fn()
-        dt = time.perf_counter_ns() - t0
-        if dt >= BATCH_NS:
-            return dt / k, k
-        k *= 2
-
-
-def measure(fns, rounds):
-    per = {name: [] for name in fns}
-    ks = {name: _time(fn)[1] for name, fn in fns.items()}  # warm-up and batch sizes
-    names = list(fns)
-    gc.disable()
-    try:
-        for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                fn, k = fns[name], ks[name]
-                t0 = time.perf_counter_ns()
-                for _ in range(k):
-                    fn()
-                per[name].append((time.perf_counter_ns() - t0) / k)
-    finally:
-        gc.enable()
-    return {name: statistics.median(v) for name, v in per.items()}
-
 
 def _check(got, ref, dtype, what):
     tol = 1e-10 if dtype == np.float64 else 1e-4
@@ -194,7 +159,7 @@ def main(argv=None):
     for conv, shape, make in CASES:
         for dt in args.dtypes.split(","):
             for label, fns in make(shape, np.dtype(dt).type, rng):
-                med = measure(fns, rounds)
+                med = medians(fns, rounds)
                 rows.append((conv, shape, dt, label, med))
                 if not args.markdown:
                     extra = (f" torch {med['torch'] / 1e3:8.1f} us ({med['torch'] / med['cybn']:.2f}x)"

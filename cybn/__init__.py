@@ -5,7 +5,8 @@ Cython/OpenMP kernels behind a NumPy API:
 * :class:`BatchNorm1d` -- the module (train/eval forward, backward, running statistics,
   state_dict), like ``torch.nn.BatchNorm1d``;
 * :mod:`cybn.functional` -- ``batch_norm``, ``batch_norm_forward``, ``batch_norm_backward``;
-* :mod:`cybn.compat` -- the cs231n-style ``batchnorm_forward``/``batchnorm_backward``;
+* :mod:`cybn.compat` -- legacy NumPy conventions (the cs231n layer functions, the "Deep
+  Learning from Scratch" ``BatchNormalization`` class) and ``patch`` to switch a codebase;
 * :class:`SyncBatchNorm` -- batch statistics synchronised over MPI ranks (needs the
   optional mpi4py, ``pip install "cybn[mpi]"``).
 """

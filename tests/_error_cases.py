@@ -510,9 +510,9 @@ ROWS = [
         "would silently ignore: keep your own function for such calls (patch only the modules "
         "whose calls are plain batch norm)"),
     Row("CP-bn-param-2016", CO, "the 2016 handout's stray bn_param['train'] key",
-        "CP.batchnorm_forward(x, w, b, {'mode': 'train', 'train': 'train'})",
-        check="assert p0 is not None", note="plain batch norm, like the 2016 networks",
-        setup="p0 = 1"),
+        "out, _ = CP.batchnorm_forward(x, w, b, {'mode': 'train', 'train': 'train'})",
+        check="assert np.array_equal(out, CP.batchnorm_forward(x, w, b, {'mode': 'train'})[0])",
+        note="plain batch norm, as the 2016 networks run it"),
     Row("CP-x-type", CO, "x a list", "CP.batchnorm_forward(x.tolist(), w, b, {'mode': 'train'})",
         T, "batchnorm_forward: x must be a NumPy array of float16, float32 or float64, got "
         "builtins.list"),

@@ -55,13 +55,18 @@ def cs231n_forward_keepdims(x, gamma, beta, bn_param):
     return cs231n_forward(x, gamma, beta, bn_param, keepdims=True)
 
 
+def _param_grads(dout, cache):
+    """dgamma, dbeta (in the statistics' (D,) or (1, D) shape) and N, shared by both styles."""
+    xhat, _xmu, std, _gamma = cache
+    keep = np.ndim(std) == 2
+    return (dout * xhat).sum(axis=0, keepdims=keep), dout.sum(axis=0, keepdims=keep), keep
+
+
 def cs231n_backward_graph(dout, cache):
     """Node by node through the graph xmu -> var -> std -> xhat -> out."""
     xhat, xmu, std, gamma = cache
     N = dout.shape[0]
-    keep = np.ndim(std) == 2
-    dbeta = dout.sum(axis=0, keepdims=keep)
-    dgamma = (dout * xhat).sum(axis=0, keepdims=keep)
+    dgamma, dbeta, keep = _param_grads(dout, cache)
     dxhat = dout * gamma
     dinv = (dxhat * xmu).sum(axis=0, keepdims=keep)
     dstd = -dinv / std ** 2
@@ -76,9 +81,7 @@ def cs231n_backward_graph(dout, cache):
 def cs231n_backward_alt(dout, cache):
     xhat, _xmu, std, gamma = cache
     N = dout.shape[0]
-    keep = np.ndim(std) == 2
-    dbeta = dout.sum(axis=0, keepdims=keep)
-    dgamma = (dout * xhat).sum(axis=0, keepdims=keep)
+    dgamma, dbeta, _ = _param_grads(dout, cache)
     dx = gamma / std / N * (N * dout - dbeta - xhat * dgamma)
     return dx, dgamma, dbeta
 
@@ -146,21 +149,3 @@ class BookBatchNormalization:
         dmu = np.sum(dxc, axis=0)
         dx = dxc - dmu / self.batch_size
         return dx.reshape(self.input_shape)
-
-
-def numerical_gradient_inplace(f, a, h=1e-5):
-    """Central differences perturbing ``a`` in place (as the book's numerical_gradient
-    does, so a layer that copied its parameters would see no change)."""
-    grad = np.zeros_like(a, dtype=np.float64)
-    it = np.nditer(a, flags=["multi_index"], op_flags=["readwrite"])
-    while not it.finished:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + h
-        fp = f()
-        a[i] = old - h
-        fm = f()
-        a[i] = old
-        grad[i] = (fp - fm) / (2 * h)
-        it.iternext()
-    return grad

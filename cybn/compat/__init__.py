@@ -21,30 +21,13 @@ or, in a module that imports the legacy names, put ``from cybn.compat import *``
 its own imports: it binds every name of both conventions, forward and backward together.
 """
 
+from . import cs231n, dlfs
 from ._common import Cache
 from ._patch import PatchReport, patch, unpatch
-from .cs231n import (
-    batchnorm_backward,
-    batchnorm_backward_alt,
-    batchnorm_forward,
-    batchnorm_forward_alt,
-    spatial_batchnorm_backward,
-    spatial_batchnorm_forward,
-)
+from .cs231n import *  # noqa: F403 (the six function names, listed in cs231n.__all__)
 from .dlfs import BatchNormalization
 
 # What `from cybn.compat import *` binds: every legacy name of both conventions, so that
 # forwards and backwards are always switched together (patch/unpatch stay out: a module's
 # own `patch`, e.g. unittest.mock's, must not be shadowed).
-__all__ = [
-    "BatchNormalization",
-    "batchnorm_backward",
-    "batchnorm_backward_alt",
-    "batchnorm_forward",
-    "batchnorm_forward_alt",
-    "spatial_batchnorm_backward",
-    "spatial_batchnorm_forward",
-]
-
-# public, but not star-exported
-_PUBLIC = ("Cache", "PatchReport", "patch", "unpatch")
+__all__ = [*cs231n.__all__, *dlfs.__all__]
