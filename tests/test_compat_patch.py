@@ -289,3 +289,76 @@ def test_patch_switches_the_book_layout(make_package):
         np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
     CP.unpatch(pkg)
     assert type(net_mod.Net(8).bn) is not CP.BatchNormalization
+
+
+def test_patch_keeps_a_solutions_own_bn_param_defaults(make_package):
+    # a 2016 solution defaulted eps to 1e-3 (and momentum to 0.8) and never set them
+    layers = CS231N_LAYERS.replace(
+        "    return _legacy.cs231n_forward(x, gamma, beta, bn_param)",
+        "    q = dict(bn_param, eps=bn_param.get('eps', 1e-3),\n"
+        "             momentum=bn_param.get('momentum', 0.8))\n"
+        "    out = _legacy.cs231n_forward(x, gamma, beta, q)\n"
+        "    bn_param['running_mean'], bn_param['running_var'] = q['running_mean'], "
+        "q['running_var']\n"
+        "    return out").replace(
+        "    return _legacy.cs231n_spatial_forward(x, gamma, beta, bn_param)",
+        "    N, C, H, W = x.shape  # the handout's way: through batchnorm_forward\n"
+        "    out, cache = batchnorm_forward(x.transpose(0, 2, 3, 1).reshape(-1, C), gamma, "
+        "beta, bn_param)\n"
+        "    return out.reshape(N, H, W, C).transpose(0, 3, 1, 2), (cache, x.shape)")
+    assert layers.count("batchnorm_forward(x.transpose") == 1
+    pkg = cs231n_package(make_package, {"layers.py": layers})
+    net = sys.modules[f"{pkg}.classifiers.fc_net"]
+    legacy = _run_cs231n(net)
+    report = CP.patch(pkg)
+    assert "keeping the original's defaults eps=0.001, momentum=0.8" in str(report)
+    fwd = sys.modules[f"{pkg}.layers"].batchnorm_forward
+    assert fwd.__cybn_defaults__ == (1e-3, 0.8) and fwd is net.batchnorm_forward
+    # the spatial forward delegates to batchnorm_forward: it inherits the same defaults
+    assert sys.modules[f"{pkg}.layers"].spatial_batchnorm_forward.__cybn_defaults__ == (1e-3,
+                                                                                         0.8)
+    for a, b in zip(legacy, _run_cs231n(net)):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
+    assert CP.patch(pkg).changed == []  # idempotent with the derived objects too
+    CP.unpatch(pkg)
+    assert sys.modules[f"{pkg}.layers"].batchnorm_forward is not fwd
+
+
+def test_unpatch_reaches_modules_imported_after_the_patch(make_package):
+    pkg = make_package({"__init__.py": "", "layers.py": CS231N_LAYERS,
+                        "layer_utils.py": CS231N_UTILS})
+    layers = importlib.import_module(f"{pkg}.layers")
+    original = layers.batchnorm_forward
+    CP.patch(pkg)
+    utils = importlib.import_module(f"{pkg}.layer_utils")  # star-imports cybn's objects now
+    assert utils.batchnorm_forward is CP.batchnorm_forward
+    report = CP.unpatch(pkg)
+    assert utils.batchnorm_forward is original
+    assert any("imported after the patch" in after for m, _, _, after in report.changed
+               if m == f"{pkg}.layer_utils")
+    # a module that star-imported cybn.compat before any patch keeps its choice
+    star = make_package({"__init__.py": f"from {pkg}.layers import *\n"
+                                        "from cybn.compat import *\n"})
+    mod = importlib.import_module(star)
+    CP.patch(pkg)
+    CP.unpatch(pkg, star)
+    assert mod.batchnorm_forward is CP.batchnorm_forward
+
+
+def test_compat_runs_single_threaded_unless_set(monkeypatch):
+    import cybn
+    from cybn import functional as F
+
+    seen = []
+    real = F._forward
+
+    def spy(*args, **kwargs):
+        seen.append(args[10])  # n_threads
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "_forward", spy)
+    x = np.random.default_rng(0).standard_normal((300, 400))
+    CP.batchnorm_forward(x, np.ones(400), np.zeros(400), {"mode": "train"})
+    cybn.set_num_threads(2)
+    CP.batchnorm_forward(x, np.ones(400), np.zeros(400), {"mode": "train"})
+    assert seen == [1, 2]

@@ -13,6 +13,7 @@ import numbers
 
 import numpy as np
 
+from .. import _threads
 from .. import functional as F
 
 
@@ -138,6 +139,21 @@ def zero_variance(stats, eps, func, name="x"):
                 "eps is 0: the convention's formula divides 0 by 0 there (NaN); use eps > 0")
 
 
+def n_threads():
+    """Threads for a legacy call: the package default when the user set one
+    (:func:`cybn.set_num_threads`), else 1.
+
+    Legacy NumPy networks interleave batch norm with matrix products, and a multi-threaded
+    BLAS (OpenBLAS) keeps its threads spinning for a while after each product. An OpenMP
+    team started then waits for a core: measured here (2 CPUs, OpenBLAS with 2 threads),
+    a (100, 1024) test-mode forward right after a matmul took 4.3 ms with 2 threads and
+    0.13 ms with 1, a (256, 1024) training forward+backward 2.1-11 ms against 1.0 ms (the
+    NumPy reference: 4.1 ms). One thread is never slower than the legacy code it replaces.
+    """
+    default = _threads._default
+    return 1 if default is None else default
+
+
 def forward(x2, cdt, weight, bias, running_mean, running_var, training, factor, eps, func,
             name="x"):
     """Run cybn's validated forward on an (N, C, ...) array; return (out, stats, saved).
@@ -152,7 +168,7 @@ def forward(x2, cdt, weight, bias, running_mean, running_var, training, factor, 
     try:
         out, stats, saved, _ = F._forward(
             x, xdt, weight, bias, running_mean, running_var, training,
-            training and running_mean is not None, factor, eps, None, unbiased=False,
+            training and running_mean is not None, factor, eps, n_threads(), unbiased=False,
             check_finite=training)
     except ValueError as exc:
         if "NaN or Inf" not in str(exc):
@@ -169,7 +185,7 @@ def forward(x2, cdt, weight, bias, running_mean, running_var, training, factor, 
 
 def backward(dout, saved, weight, stats, training, cdt):
     """cybn's validated backward; returns (dx, dweight, dbias), all in ``cdt``."""
-    return F._backward(dout, saved, weight, stats, training, True, True, cdt, None)
+    return F._backward(dout, saved, weight, stats, training, True, True, cdt, n_threads())
 
 
 _SWITCH_HINT = (

@@ -11,6 +11,7 @@ implementation cannot be read by the other.
 
 from __future__ import annotations
 
+import dis
 import importlib
 import inspect
 import sys
@@ -90,6 +91,64 @@ def _check(family, name, obj):
 
 # module name -> {attribute: the legacy object patch replaced}
 _ORIGINALS: dict[str, dict[str, object]] = {}
+_HANDOUT_DEFAULTS = {"eps": 1e-5, "momentum": 0.9}
+# every module loaded when a patch ran: unpatch restores cybn objects only in modules
+# loaded later (whose star imports copied the patched bindings), never in these
+_LOADED_AT_PATCH: set[str] = set()
+
+
+def _is_cybn(obj, name):
+    """Whether obj is cybn's object for the legacy name (a forward with another legacy
+    function's defaults included)."""
+    return obj is _REPLACEMENTS[name] or (
+        getattr(obj, "__cybn_defaults__", None) is not None
+        and getattr(obj, "__name__", None) == name
+        and getattr(obj, "__module__", None) == cs231n.__name__)
+
+
+def _bn_param_defaults(func, depth=0):
+    """The defaults a legacy forward gives bn_param's eps and momentum.
+
+    Read from its bytecode: the handout's ``bn_param.get('eps', 1e-5)`` compiles to the
+    constant 'eps' immediately followed by the default's constant. A spatial forward that
+    leaves them to the ``batchnorm_forward`` it calls inherits that function's.
+    """
+    found = {}
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        ins = [i for i in dis.get_instructions(code) if i.opname != "CACHE"]
+        for a, b in zip(ins, ins[1:]):
+            if (a.opname == "LOAD_CONST" and a.argval in _HANDOUT_DEFAULTS
+                    and b.opname in ("LOAD_CONST", "LOAD_SMALL_INT")
+                    and type(b.argval) in (int, float)):
+                found.setdefault(a.argval, float(b.argval))
+        inner = getattr(func, "__globals__", {}).get("batchnorm_forward")
+        inherited = getattr(inner, "__cybn_defaults__", None)  # patched by an earlier call
+        if inherited is not None and "batchnorm_forward" in code.co_names:
+            for key, value in zip(("eps", "momentum"), inherited):
+                found.setdefault(key, value)
+        elif (depth == 0 and len(found) < 2 and inner is not func
+                and isinstance(inner, types.FunctionType)
+                and "batchnorm_forward" in code.co_names):
+            for key, value in _bn_param_defaults(inner, 1).items():
+                found.setdefault(key, value)
+    return {**_HANDOUT_DEFAULTS, **found}
+
+
+def _replacement(name, legacy, made):
+    """cybn's object for a legacy one: the plain replacement, or, for a forward whose
+    bn_param defaults differ from the handout's, one with its defaults (one object per
+    legacy function, so every namespace binding it gets the same)."""
+    if name not in ("batchnorm_forward", "batchnorm_forward_alt",
+                    "spatial_batchnorm_forward"):
+        return _REPLACEMENTS[name]
+    defaults = _bn_param_defaults(legacy)
+    if defaults == _HANDOUT_DEFAULTS:
+        return _REPLACEMENTS[name]
+    key = (name, defaults["eps"], defaults["momentum"])
+    if key not in made:
+        made[key] = cs231n.with_defaults(name, defaults["eps"], defaults["momentum"])
+    return made[key]
 
 
 class PatchReport:
@@ -116,9 +175,10 @@ class PatchReport:
         self.elsewhere = []
 
     def __str__(self):
+        touched = len({m for m, _, _, _ in self.changed})
         lines = [f"cybn.compat.{self.action}: {len(self.changed)} binding(s) "
-                 f"{'replaced' if self.action == 'patch' else 'restored'} in "
-                 f"{len(self.modules)} module(s)"]
+                 f"{'replaced' if self.action == 'patch' else 'restored'} in {touched} of "
+                 f"{len(self.modules)} module(s) searched"]
         lines += [f"  {m}.{n}: {b} -> {a}" for m, n, b, a in self.changed]
         lines += [f"  {m}.{n}: unchanged ({why})" for m, n, why in self.unchanged]
         lines += [f"  {m}.{n}: NOT switched (outside the target)" for m, n in self.elsewhere]
@@ -206,7 +266,7 @@ def patch(*targets):
                     continue
                 seen_any = True
                 obj = namespace[name]
-                if obj is _REPLACEMENTS[name]:
+                if _is_cybn(obj, name):
                     members.append((module, name, None))
                     continue
                 why = _check(family, name, obj)
@@ -246,17 +306,24 @@ def patch(*targets):
             "cybn.compat.patch: no batch-norm name of a known convention in "
             f"{', '.join(report.modules)} (looked for {', '.join(_REPLACEMENTS)}). A package "
             "counts only its loaded submodules: import the network's modules first")
-    for module, name, obj in plan:
-        setattr(module, name, _REPLACEMENTS[name])
+    _LOADED_AT_PATCH.update(sys.modules)
+    made = {}
+    # every replacement is chosen before any binding changes: a spatial forward reads the
+    # defaults of the legacy batchnorm_forward it calls
+    plan = [(module, name, obj, _replacement(name, obj, made)) for module, name, obj in plan]
+    for module, name, obj, new in plan:
+        setattr(module, name, new)
         _ORIGINALS.setdefault(module.__name__, {})[name] = obj
-        report.changed.append((module.__name__, name, _describe(obj),
-                               _describe(_REPLACEMENTS[name])))
+        defaults = getattr(new, "__cybn_defaults__", None)
+        report.changed.append((module.__name__, name, _describe(obj), _describe(new) + (
+            "" if defaults is None else
+            f" (keeping the original's defaults eps={defaults[0]:g}, momentum={defaults[1]:g})")))
     _find_elsewhere(report, plan, {m.__name__ for m in modules})
     return report
 
 
 def _find_elsewhere(report, plan, inside):
-    replaced = {id(obj): name for _, name, obj in plan}
+    replaced = {id(obj): name for _, name, obj, _ in plan}
     if not replaced:
         return
     for mod_name, module in list(sys.modules.items()):
@@ -295,19 +362,40 @@ def unpatch(*targets):
     """
     modules = _modules(targets, "unpatch")
     report = PatchReport("unpatch", [m.__name__ for m in modules])
+    restored = {}  # name -> {id: original} restored in this call
     for module in modules:
         saved = _ORIGINALS.get(module.__name__)
         if not saved:
             continue
         namespace = vars(module)
         for name, original in list(saved.items()):
-            if namespace.get(name) is _REPLACEMENTS[name]:
+            current = namespace.get(name)
+            if _is_cybn(current, name):
                 setattr(module, name, original)
-                report.changed.append((module.__name__, name, _describe(_REPLACEMENTS[name]),
+                report.changed.append((module.__name__, name, _describe(current),
                                        _describe(original)))
+                restored.setdefault(name, {})[id(original)] = original
             else:
                 report.unchanged.append((module.__name__, name, "rebound since the patch"))
             del saved[name]
         if not saved:
             del _ORIGINALS[module.__name__]
+    # Modules imported after the patch copied cybn's objects with their star imports:
+    # give them the original their source module got back, when that is unambiguous.
+    for module in modules:
+        if module.__name__ in _LOADED_AT_PATCH:
+            continue  # bound to cybn's before or by the patch: deliberate, or restored above
+        namespace = vars(module)
+        for name in _REPLACEMENTS:
+            current = namespace.get(name)
+            if current is None or not _is_cybn(current, name):
+                continue
+            candidates = list(restored.get(name, {}).values())
+            if len(candidates) == 1:
+                setattr(module, name, candidates[0])
+                report.changed.append((module.__name__, name, _describe(current),
+                                       _describe(candidates[0]) + " (imported after the patch)"))
+            else:
+                report.unchanged.append((module.__name__, name, "cybn's, bound here after the "
+                                         "patch; no unique original to restore"))
     return report
