@@ -27,9 +27,11 @@ import sys
 import tempfile
 
 import numpy as np
-from _timing import medians
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # _timing, also under `python -P`
+from _timing import medians  # noqa: E402
+
 ROOT = os.path.dirname(HERE)
 OLD_DIR = os.path.join(HERE, ".old")
 
@@ -119,6 +121,8 @@ def main(argv=None):
     parser.add_argument("--build-old", metavar="REV", help="build REV as cybn_old first")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--only", metavar="TEXT", action="append",
+                        help="time only cases whose label contains TEXT (repeatable)")
     args = parser.parse_args(argv)
     if args.build_old:
         build_old(args.build_old)
@@ -132,6 +136,8 @@ def main(argv=None):
     ratios = []
 
     def row(label, new_fn, old_fn):
+        if args.only and not any(t in label for t in args.only):
+            return
         assert _same(new_fn(), old_fn()), f"{label}: the builds' results differ"
         m = medians({"new": new_fn, "old": old_fn}, args.rounds, min_ns=2_000_000)
         new, old = m["new"], m["old"]

@@ -31,6 +31,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
+sys.path.insert(0, HERE)  # _timing, also under `python -P`
 sys.path.insert(0, os.path.join(EXAMPLES, "legacy_cs231n"))
 sys.path.insert(0, os.path.join(EXAMPLES, "legacy_dlfs"))
 

@@ -70,6 +70,15 @@ def as_real(a, name, func):
     return a
 
 
+def plain(dt, C, *arrays):
+    """Whether every array is an ndarray of shape (C,) and dtype dt: the common call, which
+    needs no conversion, promotion or reshaping."""
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype != dt or a.shape != (C,):
+            return False
+    return True
+
+
 def per_channel(a, name, func, C, shapes, what):
     """Validate a per-channel value; return (ndarray of C values, the caller's shape).
 

@@ -140,11 +140,14 @@ def _forward(x, gamma, beta, bn_param, func, ndim, eps_default=1e-5, momentum_de
             rm_in = np.zeros(default_shape, dtype=x.dtype)
         if rv_in is None:
             rv_in = np.zeros(default_shape, dtype=x.dtype)
-        accepted, what = _param_shapes(x)
-        rm, _ = _c.per_channel(rm_in, "bn_param['running_mean']", func, C, accepted, what)
-        rv, _ = _c.per_channel(rv_in, "bn_param['running_var']", func, C, accepted, what)
-        rm = rm if rm.dtype == cdt else rm.astype(cdt)
-        rv = rv if rv.dtype == cdt else rv.astype(cdt)
+        if _c.plain(cdt, C, rm_in, rv_in):
+            rm, rv = rm_in, rv_in
+        else:
+            accepted, what = _param_shapes(x)
+            rm, _ = _c.per_channel(rm_in, "bn_param['running_mean']", func, C, accepted, what)
+            rv, _ = _c.per_channel(rv_in, "bn_param['running_var']", func, C, accepted, what)
+            rm = rm if rm.dtype == cdt else rm.astype(cdt)
+            rv = rv if rv.dtype == cdt else rv.astype(cdt)
         if C and not rv.min() + eps > 0:
             raise ValueError(
                 f"{func}: bn_param['running_var'] + eps must be > 0 for every feature, got "

@@ -29,6 +29,7 @@ from . import _common as _c
 __all__ = ["BatchNormalization"]
 
 _EPS = 10e-7  # the book's literal (= 1e-6)
+_NDIMS = range(2, 64)  # the book reshapes any batch to (N, -1)
 
 
 class BatchNormalization:
@@ -114,30 +115,41 @@ class BatchNormalization:
             NaN or Inf, or ``running_var + 1e-6 <= 0`` in test mode. Nothing changes then.
         """
         func = "BatchNormalization.forward"
-        xf = _c.check_x(x, func, range(2, 64))
+        xf = _c.check_x(x, func, _NDIMS)
         N = x.shape[0]
         x2 = x if x.ndim == 2 else x.reshape(N, -1)
         D = x2.shape[1]
-        shapes = ((D,), (1, D))
-        what = f"x reshaped to (N, -1) has {D} features"
-        g, _ = _c.per_channel(self.gamma, "gamma", func, D, shapes, what)
-        b, _ = _c.per_channel(self.beta, "beta", func, D, shapes, what)
+        gamma, beta = self.gamma, self.beta
         rm_in, rv_in = self.running_mean, self.running_var
         if rm_in is None:  # the book's lazy creation (it tests running_mean only)
             rm_in = rv_in = np.zeros(D)
-        rm, _ = _c.per_channel(rm_in, "running_mean", func, D, shapes, what)
-        rv, _ = _c.per_channel(rv_in, "running_var", func, D, shapes, what)
+        simple = _c.plain(xf, D, gamma, beta, rm_in, rv_in)  # no conversion needed
+        if simple:
+            g, b, rm, rv = gamma, beta, rm_in, rv_in
+        else:
+            shapes = ((D,), (1, D))
+            what = f"x reshaped to (N, -1) has {D} features"
+            g, _ = _c.per_channel(gamma, "gamma", func, D, shapes, what)
+            b, _ = _c.per_channel(beta, "beta", func, D, shapes, what)
+            rm, _ = _c.per_channel(rm_in, "running_mean", func, D, shapes, what)
+            rv, _ = _c.per_channel(rv_in, "running_var", func, D, shapes, what)
         if train_flg:
-            momentum = _c.check_momentum(self.momentum, func, "momentum")
+            momentum = self.momentum
+            if type(momentum) is not float or momentum - momentum != 0:
+                momentum = _c.check_momentum(momentum, func, "momentum")
             if N == 0 and D:
                 raise ValueError(f"{func}: x has no rows (shape {x.shape}): the batch mean "
                                  "of an empty batch is NaN")
-            cdt = _c.result_dtype(xf, _c.promoted(self.gamma, g), _c.promoted(self.beta, b))
-            g = g.astype(cdt, copy=False)
-            b = b.astype(cdt, copy=False)
-            written = (_c.result_dtype(rm.dtype, xf), _c.result_dtype(rv.dtype, xf))
-            rm = np.array(rm, dtype=cdt)
-            rv = np.array(rv, dtype=cdt)
+            if simple:
+                cdt, written = xf, (xf, xf)
+                rm, rv = rm.copy(), rv.copy()
+            else:
+                cdt = _c.result_dtype(xf, _c.promoted(gamma, g), _c.promoted(beta, b))
+                g = g.astype(cdt, copy=False)
+                b = b.astype(cdt, copy=False)
+                written = (_c.result_dtype(rm.dtype, xf), _c.result_dtype(rv.dtype, xf))
+                rm = np.array(rm, dtype=cdt)
+                rv = np.array(rv, dtype=cdt)
             out, stats, saved = _c.forward(x2, cdt, g, b, rm, rv, True, 1.0 - momentum, _EPS,
                                            func)
             self.running_mean = rm if rm.dtype == written[0] else rm.astype(written[0])
@@ -145,8 +157,9 @@ class BatchNormalization:
             self.batch_size = N
             self._cache = (saved, stats, cdt)
         else:
-            cdt = _c.result_dtype(xf, rm.dtype, rv.dtype, _c.promoted(self.gamma, g),
-                                  _c.promoted(self.beta, b))
+            cdt = xf if simple else _c.result_dtype(xf, rm.dtype, rv.dtype,
+                                                    _c.promoted(gamma, g),
+                                                    _c.promoted(beta, b))
             if D and not rv.min() + _EPS > 0:
                 raise ValueError(
                     f"{func}: running_var + 1e-6 must be > 0 for every feature, got minimum "
@@ -193,10 +206,14 @@ class BatchNormalization:
         N = dout.shape[0]
         d2 = dout if dout.ndim == 2 else dout.reshape(N, -1)
         D = d2.shape[1]
-        g, _ = _c.per_channel(self.gamma, "gamma", func, D, ((D,), (1, D)),
-                              f"the forward had {D} features")
-        gdt = _c.result_dtype(cdt, dout.dtype, _c.promoted(self.gamma, g))
-        g = g.astype(cdt, copy=False)
+        gamma = self.gamma
+        if _c.plain(cdt, D, gamma) and dout.dtype == cdt:
+            g, gdt = gamma, cdt
+        else:
+            g, _ = _c.per_channel(gamma, "gamma", func, D, ((D,), (1, D)),
+                                  f"the forward had {D} features")
+            gdt = _c.result_dtype(cdt, dout.dtype, _c.promoted(gamma, g))
+            g = g.astype(cdt, copy=False)
         if d2.dtype != gdt:
             d2 = d2.astype(gdt)
         dx, dgamma, dbeta = _c.backward(d2, saved, g, (stats[0], stats[1]), True, gdt)
