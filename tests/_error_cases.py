@@ -507,15 +507,22 @@ ROWS = [
         "batchnorm_forward: bn_param has key(s) 'layernorm' that the cs231n handouts do not "
         "define (cybn knows 'mode', 'eps', 'momentum', 'running_mean', 'running_var'). Code "
         "that adds keys gives batchnorm_forward another meaning (e.g. layer norm), which cybn "
-        "would silently ignore: keep your own function for such calls (patch only the modules "
-        "whose calls are plain batch norm)"),
+        "would silently ignore: keep your own function for such calls, e.g. patch the network "
+        "and helper modules ('cs231n.classifiers.fc_net', 'cs231n.layer_utils') but not the "
+        "module whose functions reuse batchnorm_forward"),
     Row("CP-bn-param-2016", CO, "the 2016 handout's stray bn_param['train'] key",
         "out, _ = CP.batchnorm_forward(x, w, b, {'mode': 'train', 'train': 'train'})",
         check="assert np.array_equal(out, CP.batchnorm_forward(x, w, b, {'mode': 'train'})[0])",
         note="plain batch norm, as the 2016 networks run it"),
     Row("CP-x-type", CO, "x a list", "CP.batchnorm_forward(x.tolist(), w, b, {'mode': 'train'})",
-        T, "batchnorm_forward: x must be a NumPy array of float16, float32 or float64, got "
+        T, "batchnorm_forward: x must be a NumPy array of floats or integers, got "
         "builtins.list"),
+    Row("CP-f16-overflow", CO, "a float16 running variance that overflows",
+        "CP.batchnorm_forward(xh, np.ones(1, np.float16), np.zeros(1, np.float16), p)", V,
+        "batchnorm_forward: the updated bn_param['running_var'] overflows float16 (largest "
+        "3.6e+08): the convention's result would be inf; nothing was updated",
+        setup="xh = np.array([[6e4], [-6e4]], np.float16); p = {'mode': 'train'}",
+        check="assert p == {'mode': 'train'}"),
     Row("CP-x-dtype", CO, "x complex",
         "CP.batchnorm_forward(x.astype(complex), w, b, {'mode': 'train'})", T,
         "batchnorm_forward: x must be an array of float16/32/64 or integers, got dtype "

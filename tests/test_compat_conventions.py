@@ -452,3 +452,50 @@ def test_book_layer_failure_changes_nothing(rng):
     np.testing.assert_array_equal(layer.dgamma, state[2])
     dx = layer.backward(np.ones((4, 3)))  # the last good forward is still differentiable
     assert np.isfinite(dx).all()
+
+
+def test_float16_running_variance_overflow_is_refused():
+    x = np.array([[6e4], [-6e4]], np.float16)
+    p = {"mode": "train", "running_var": np.ones(1, np.float16)}
+    before = p["running_var"]
+    with pytest.raises(ValueError, match=r"running_var'\] overflows float16"):
+        CP.batchnorm_forward(x, np.ones(1, np.float16), np.zeros(1, np.float16), p)
+    assert p["running_var"] is before and before[0] == 1 and "running_mean" not in p
+    layer = CP.BatchNormalization(np.ones(1, np.float16), np.zeros(1, np.float16),
+                                  running_mean=np.zeros(1, np.float16),
+                                  running_var=np.ones(1, np.float16))
+    with pytest.raises(ValueError, match="running_var overflows float16"):
+        layer.forward(x)
+    assert layer.running_var[0] == 1
+
+
+def test_integer_axis_zero_of_any_int_type_is_plain_batch_norm(rng):
+    x = rng.standard_normal((6, 3))
+    plain, _ = CP.batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    out, _ = CP.batchnorm_forward(x, np.ones(3), np.zeros(3),
+                                  {"mode": "train", "axis": np.int64(0)})
+    np.testing.assert_array_equal(out, plain)
+    with pytest.raises(ValueError, match="do not define"):
+        CP.batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train", "axis": False})
+
+
+def test_book_layer_keeps_a_row_shaped_running_statistic(rng):
+    D = 4
+    gamma, beta = _pair(rng, D)
+    rm, rv = np.zeros((1, D)), np.ones((1, D))
+    ours = CP.BatchNormalization(gamma, beta, running_mean=rm.copy(), running_var=rv.copy())
+    book = BookBatchNormalization(gamma, beta, running_mean=rm.copy(), running_var=rv.copy())
+    x = rng.standard_normal((5, D))
+    ours.forward(x)
+    book.forward(x)
+    assert ours.running_mean.shape == book.running_mean.shape == (1, D)
+    close(ours.running_var, book.running_var)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix, on purpose
+def test_x_that_is_not_an_array_names_what_is_accepted():
+    with pytest.raises(TypeError, match="x must be a NumPy array of floats or integers, got "
+                                        "builtins.list"):
+        CP.batchnorm_forward([[1.0, 2.0]], np.ones(2), np.zeros(2), {"mode": "train"})
+    with pytest.raises(TypeError, match="plain ndarray, got numpy.matrix"):
+        CP.BatchNormalization(np.ones(2), np.zeros(2)).forward(np.matrix([[1.0, 2.0]]))

@@ -119,8 +119,10 @@ def make_package(tmp_path, monkeypatch):
         return pkg
 
     yield make
+    loaded = [pkg for pkg in made if pkg in sys.modules]
+    if loaded:
+        CP.unpatch(*loaded)  # all at once: none of them is "outside" the others
     for pkg in made:
-        CP.unpatch(pkg) if pkg in sys.modules else None
         for name in [n for n in sys.modules if n == pkg or n.startswith(pkg + ".")]:
             del sys.modules[name]
 
@@ -362,3 +364,15 @@ def test_compat_runs_single_threaded_unless_set(monkeypatch):
     cybn.set_num_threads(2)
     CP.batchnorm_forward(x, np.ones(400), np.zeros(400), {"mode": "train"})
     assert seen == [1, 2]
+
+
+def test_unpatch_reports_modules_outside_that_still_bind_cybn(make_package):
+    pkg = cs231n_package(make_package)
+    CP.patch(pkg)
+    outside = make_package({"__init__.py": f"from {pkg}.layers import *\n"})
+    importlib.import_module(outside)  # like a notebook star-importing after the patch
+    with pytest.warns(UserWarning, match="still bind"):
+        report = CP.unpatch(pkg)
+    assert (outside, "batchnorm_forward") in report.elsewhere
+    assert "still cybn's (outside the target)" in str(report)
+    CP.unpatch(outside)  # it was loaded after the patch: its copies are restored too

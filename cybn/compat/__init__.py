@@ -24,10 +24,26 @@ its own imports: it binds every name of both conventions, forward and backward t
 from . import cs231n, dlfs
 from ._common import Cache
 from ._patch import PatchReport, patch, unpatch
-from .cs231n import *  # noqa: F403 (the six function names, listed in cs231n.__all__)
+from .cs231n import (
+    batchnorm_backward,
+    batchnorm_backward_alt,
+    batchnorm_forward,
+    batchnorm_forward_alt,
+    spatial_batchnorm_backward,
+    spatial_batchnorm_forward,
+)
 from .dlfs import BatchNormalization
 
 # What `from cybn.compat import *` binds: every legacy name of both conventions, so that
 # forwards and backwards are always switched together (patch/unpatch stay out: a module's
 # own `patch`, e.g. unittest.mock's, must not be shadowed).
-__all__ = [*cs231n.__all__, *dlfs.__all__]
+__all__ = [
+    "BatchNormalization",
+    "batchnorm_backward",
+    "batchnorm_backward_alt",
+    "batchnorm_forward",
+    "batchnorm_forward_alt",
+    "spatial_batchnorm_backward",
+    "spatial_batchnorm_forward",
+]
+assert sorted(__all__) == sorted([*cs231n.__all__, *dlfs.__all__])  # one list, checked

@@ -36,8 +36,11 @@ def check_x(x, func, ndims, name="x"):
     an integer array is float64, so the legacy statistics are).
     """
     if type(x) is not np.ndarray:
-        if not isinstance(x, np.ndarray) or isinstance(x, (np.matrix, np.ma.MaskedArray)):
+        if isinstance(x, (np.matrix, np.ma.MaskedArray)):
             F._check_input(x, f"{func}: {name}")  # raises the functional API's TypeError
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{func}: {name} must be a NumPy array of floats or integers, got "
+                            f"{type(x).__module__}.{type(x).__qualname__}")
     dt = x.dtype
     if not _real(dt):
         raise TypeError(f"{func}: {name} must be an array of float16/32/64 or integers, "
@@ -136,6 +139,20 @@ def check_momentum(momentum, func, name="momentum"):
     if momentum - momentum != 0:
         raise ValueError(f"{func}: {name} must be finite, got {momentum}")
     return momentum
+
+
+def narrow(a, dtype, name, func):
+    """``a`` in ``dtype`` (the dtype the legacy code would have written), refusing values
+    that overflow it (float16 running variances: the legacy result would be inf)."""
+    if a.dtype == dtype:
+        return a
+    with np.errstate(over="ignore"):
+        r = a.astype(dtype)
+    if not np.isfinite(r).all() and np.isfinite(a).all():
+        raise ValueError(
+            f"{func}: the updated {name} overflows {dtype} (largest {np.abs(a).max():.4g}): "
+            "the convention's result would be inf; nothing was updated")
+    return r
 
 
 def zero_variance(stats, eps, func, name="x"):

@@ -181,7 +181,9 @@ class PatchReport:
                  f"{len(self.modules)} module(s) searched"]
         lines += [f"  {m}.{n}: {b} -> {a}" for m, n, b, a in self.changed]
         lines += [f"  {m}.{n}: unchanged ({why})" for m, n, why in self.unchanged]
-        lines += [f"  {m}.{n}: NOT switched (outside the target)" for m, n in self.elsewhere]
+        lines += [f"  {m}.{n}: " + ("NOT switched (outside the target)" if self.action == "patch"
+                                    else "still cybn's (outside the target)")
+                  for m, n in self.elsewhere]
         return "\n".join(lines)
 
     def __repr__(self):
@@ -352,8 +354,11 @@ def unpatch(*targets):
     Returns
     -------
     PatchReport
-        The restored bindings; a name rebound by someone else since the patch is left
-        as it is and listed under ``unchanged``.
+        The restored bindings, also in modules imported after the patch whose star imports
+        copied cybn's objects (when the original is unambiguous); a name rebound by someone
+        else since the patch is left as it is and listed under ``unchanged``; modules
+        outside the targets that still bind cybn's objects under a legacy name are listed
+        under ``elsewhere`` (with a ``UserWarning``).
 
     Raises
     ------
@@ -398,4 +403,21 @@ def unpatch(*targets):
             else:
                 report.unchanged.append((module.__name__, name, "cybn's, bound here after the "
                                          "patch; no unique original to restore"))
+    if restored:
+        inside = set(report.modules)
+        own = __name__.split(".")[0]  # cybn's own modules bind them by definition
+        for mod_name, module in list(sys.modules.items()):
+            if (mod_name in inside or mod_name.split(".")[0] == own
+                    or not isinstance(module, types.ModuleType)):
+                continue
+            namespace = getattr(module, "__dict__", None) or {}
+            for name in restored:
+                if _is_cybn(namespace.get(name), name):
+                    report.elsewhere.append((mod_name, name))
+        if report.elsewhere:
+            where = ", ".join(f"{m}.{n}" for m, n in report.elsewhere)
+            warnings.warn(f"cybn.compat.unpatch: {where} still bind(s) cybn's object(s) "
+                          "(star-imported after the patch, or on purpose); unpatch those "
+                          "modules too if they should call the legacy code again.",
+                          UserWarning, stacklevel=2)
     return report

@@ -30,9 +30,11 @@ names): statistics accumulate in float64 whatever the input dtype.
 from __future__ import annotations
 
 import functools
+import numbers
 
 import numpy as np
 
+from .. import functional as F
 from . import _common as _c
 
 __all__ = [
@@ -72,7 +74,8 @@ def _plain_extras(bn_param):
             continue
         if key == "layernorm" and not value:
             continue
-        if key == "axis" and type(value) is int and value == 0:
+        if (key == "axis" and isinstance(value, numbers.Integral)
+                and not isinstance(value, bool) and value == 0):
             continue
         return False
     return True
@@ -88,8 +91,9 @@ def _check_bn_param(bn_param, func):
             f"{func}: bn_param has key(s) {', '.join(extra)} that the cs231n handouts do not "
             "define (cybn knows 'mode', 'eps', 'momentum', 'running_mean', 'running_var'). "
             "Code that adds keys gives batchnorm_forward another meaning (e.g. layer norm), "
-            "which cybn would silently ignore: keep your own function for such calls (patch "
-            "only the modules whose calls are plain batch norm)")
+            "which cybn would silently ignore: keep your own function for such calls, e.g. "
+            "patch the network and helper modules ('cs231n.classifiers.fc_net', "
+            "'cs231n.layer_utils') but not the module whose functions reuse batchnorm_forward")
     mode = bn_param.get("mode")
     if mode != "train" and mode != "test":
         raise ValueError(f"{func}: bn_param['mode'] must be 'train' or 'test', got {mode!r}")
@@ -128,11 +132,15 @@ def _forward(x, gamma, beta, bn_param, func, ndim, eps_default=1e-5, momentum_de
         rv, rv_shape, rv_dt = _running(rv_in, "running_var", func, x, xf, C, default_shape)
         # new arrays in the compute dtype, updated by the kernel (the handout assigns new
         # arrays rather than updating the caller's)
-        rm = rm.copy() if rm.dtype == cdt else np.array(rm, dtype=cdt)
-        rv = rv.copy() if rv.dtype == cdt else np.array(rv, dtype=cdt)
+        # (in the kernels' dtype: float32 for float16, so that narrowing to the written
+        # dtype is checked for overflow instead of turning into a silent inf)
+        kdt = F._COMPUTE[cdt]
+        rm = rm.copy() if rm.dtype == kdt else np.array(rm, dtype=kdt)
+        rv = rv.copy() if rv.dtype == kdt else np.array(rv, dtype=kdt)
         out, stats, saved = _c.forward(x, cdt, g, b, rm, rv, True, 1.0 - momentum, eps, func)
-        bn_param["running_mean"] = _written(rm, rm_dt, rm_shape)
-        bn_param["running_var"] = _written(rv, rv_dt, rv_shape)
+        rm = _written(rm, rm_dt, rm_shape, "bn_param['running_mean']", func)
+        rv = _written(rv, rv_dt, rv_shape, "bn_param['running_var']", func)
+        bn_param["running_mean"], bn_param["running_var"] = rm, rv
         stats = (stats[0], stats[1])
     else:
         _c.check_momentum(momentum, func, "bn_param['momentum']")
@@ -204,9 +212,8 @@ def _running(a, name, func, x, xf, C, default_shape):
     return values, shape, _c.result_dtype(values.dtype, xf)
 
 
-def _written(a, dtype, shape):
-    if a.dtype != dtype:
-        a = a.astype(dtype)
+def _written(a, dtype, shape, name, func):
+    a = _c.narrow(a, dtype, name, func)
     return a if a.shape == shape else a.reshape(shape)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import functional as F
 from . import _common as _c
 
 __all__ = ["BatchNormalization"]
@@ -126,13 +127,15 @@ class BatchNormalization:
         simple = _c.plain(xf, D, gamma, beta, rm_in, rv_in)  # no conversion needed
         if simple:
             g, b, rm, rv = gamma, beta, rm_in, rv_in
+            rshapes = ((D,), (D,))
         else:
             shapes = ((D,), (1, D))
             what = f"x reshaped to (N, -1) has {D} features"
             g, _ = _c.per_channel(gamma, "gamma", func, D, shapes, what)
             b, _ = _c.per_channel(beta, "beta", func, D, shapes, what)
-            rm, _ = _c.per_channel(rm_in, "running_mean", func, D, shapes, what)
-            rv, _ = _c.per_channel(rv_in, "running_var", func, D, shapes, what)
+            rm, rm_shape = _c.per_channel(rm_in, "running_mean", func, D, shapes, what)
+            rv, rv_shape = _c.per_channel(rv_in, "running_var", func, D, shapes, what)
+            rshapes = (rm_shape, rv_shape)  # the book's update keeps a (1, D) statistic (1, D)
         if train_flg:
             momentum = self.momentum
             if type(momentum) is not float or momentum - momentum != 0:
@@ -142,18 +145,21 @@ class BatchNormalization:
                                  "of an empty batch is NaN")
             if simple:
                 cdt, written = xf, (xf, xf)
-                rm, rv = rm.copy(), rv.copy()
+                rm, rv = rm.astype(F._COMPUTE[cdt]), rv.astype(F._COMPUTE[cdt])  # new arrays
             else:
                 cdt = _c.result_dtype(xf, _c.promoted(gamma, g), _c.promoted(beta, b))
                 g = g.astype(cdt, copy=False)
                 b = b.astype(cdt, copy=False)
                 written = (_c.result_dtype(rm.dtype, xf), _c.result_dtype(rv.dtype, xf))
-                rm = np.array(rm, dtype=cdt)
-                rv = np.array(rv, dtype=cdt)
+                # new arrays in the kernels' dtype (float32 for float16: no silent overflow
+                # when the kernel's update is copied back; narrow() checks it instead)
+                rm = np.array(rm, dtype=F._COMPUTE[cdt])
+                rv = np.array(rv, dtype=F._COMPUTE[cdt])
             out, stats, saved = _c.forward(x2, cdt, g, b, rm, rv, True, 1.0 - momentum, _EPS,
                                            func)
-            self.running_mean = rm if rm.dtype == written[0] else rm.astype(written[0])
-            self.running_var = rv if rv.dtype == written[1] else rv.astype(written[1])
+            rm = _c.narrow(rm, written[0], "running_mean", func).reshape(rshapes[0])
+            rv = _c.narrow(rv, written[1], "running_var", func).reshape(rshapes[1])
+            self.running_mean, self.running_var = rm, rv
             self.batch_size = N
             self._cache = (saved, stats, cdt)
         else:
@@ -237,6 +243,17 @@ class BatchNormalization:
         xc = x2 - stats[0].astype(cdt)
         return xc if which == "xc" else xc / std
 
-    xc = property(lambda self: self._intermediate("xc"), doc="x - batch mean (N, D)")
-    xn = property(lambda self: self._intermediate("xn"), doc="x-hat of the last batch (N, D)")
-    std = property(lambda self: self._intermediate("std"), doc="sqrt(var + 1e-6), (D,)")
+    @property
+    def xc(self):
+        """x - batch mean of the last training forward, (N, D); None before one."""
+        return self._intermediate("xc")
+
+    @property
+    def xn(self):
+        """x-hat of the last training forward, (N, D); None before one."""
+        return self._intermediate("xn")
+
+    @property
+    def std(self):
+        """sqrt(var + 1e-6) of the last training forward, (D,); None before one."""
+        return self._intermediate("std")
