@@ -195,6 +195,7 @@ HEAP_BOUND = 64 * 1024
 RSS_BOUND = 2 * 1024 * 1024
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
 def test_no_leak_over_100000_calls():
     rng = np.random.default_rng(0)

@@ -133,6 +133,7 @@ def test_avx2_module_matches_build_record():
         assert AVX2_BUILT
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not AVX2_BUILT, reason="this copy of cybn has no AVX2 build")
 @pytest.mark.skipif(not _cpu.has_avx2(), reason="this CPU cannot run the AVX2 build")
 def test_builds_bitwise_identical(tmp_path):

@@ -64,6 +64,8 @@ from hypothesis import strategies as st
 import cybn
 import cybn.functional as F
 
+pytestmark = pytest.mark.slow
+
 DTYPES = [F16, F32, F64]
 THREADS = [None, 1, 2, 3, -1]
 

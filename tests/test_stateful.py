@@ -50,6 +50,8 @@ from hypothesis.stateful import (
 
 import cybn
 
+pytestmark = pytest.mark.slow
+
 MACHINES = 200
 STEPS = 40
 

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("mypy")
 
 # The mypy configuration lives in pyproject.toml, next to tests/ in a checkout or an sdist

@@ -200,6 +200,7 @@ def comm(request):
     return None if request.param == "COMM_WORLD" else c
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize("shape, ref_cls", [((7, 5), cybn.BatchNorm1d),
                                             ((6, 5, 4), cybn.BatchNorm1d),
                                             ((3, 5, 2, 3), cybn.BatchNorm2d)])
@@ -230,6 +231,7 @@ def test_single_rank_equals_batchnorm(comm, rng, shape, ref_cls, dtype):
     assert_close(sync.backward(x), ref.backward(x))
 
 
+@pytest.mark.mpi
 def test_single_rank_float16_and_no_affine(comm, rng):
     sync = cybn.SyncBatchNorm(3, affine=False, comm=comm, dtype=np.float16)
     ref = cybn.BatchNorm1d(3, affine=False, dtype=np.float16)
@@ -242,6 +244,7 @@ def test_single_rank_float16_and_no_affine(comm, rng):
     assert_close(sync.running_var, ref.running_var)
 
 
+@pytest.mark.mpi
 def test_single_rank_errors_and_empty_batch(comm):
     sync = cybn.SyncBatchNorm(3, comm=comm)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
@@ -267,6 +270,7 @@ def test_single_rank_errors_and_empty_batch(comm):
         sync(np.ones((2, 3), dtype=np.float32))
 
 
+@pytest.mark.mpi
 def test_module_behaviour(comm):
     from mpi4py import MPI
 
@@ -286,6 +290,7 @@ def test_module_behaviour(comm):
         cybn.SyncBatchNorm.from_module(object())
 
 
+@pytest.mark.mpi
 def test_from_module_shares_state(comm, rng):
     bn = cybn.BatchNorm1d(4, momentum=None, bias=False, dtype=np.float64, axis=-1).eval()
     bn.running_mean[...] = rng.standard_normal(4)
@@ -305,6 +310,7 @@ def test_from_module_shares_state(comm, rng):
 # several ranks, under mpiexec
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize("n_ranks", [1, 2, 3])
 def test_mpi_suite_under_mpiexec(n_ranks, tmp_path):
     _need(mpi4py=True, mpiexec=True)
@@ -316,6 +322,7 @@ def test_mpi_suite_under_mpiexec(n_ranks, tmp_path):
     assert " passed" in proc.stdout and "no tests ran" not in proc.stdout
 
 
+@pytest.mark.mpi
 def test_mpi_digits_example_on_two_ranks(tmp_path):
     _need(mpi4py=True, mpiexec=True, sklearn=True)
     proc = _run_under_mpiexec(
