@@ -233,7 +233,7 @@ class Cache:
         self.kind = kind          # the forward that made it
         self.saved = saved        # functional._SavedInput
         self.gamma = gamma        # (C,) weight as the kernel read it
-        self.stats = stats        # (center, invstd), float64 (C,)
+        self.stats = stats        # float64 rows (center, invstd, ...) of shape (k, C)
         self.training = training
         self.cdt = cdt            # the forward's compute dtype
         self.shapes = shapes      # (gamma's shape, beta's shape) for the gradients

@@ -128,20 +128,18 @@ def _forward(x, gamma, beta, bn_param, func, ndim, eps_default=1e-5, momentum_de
         if x.size == 0 and C:
             raise ValueError(f"{func}: x has no rows (shape {x.shape}): the batch mean of "
                              "an empty batch is NaN")
-        rm, rm_shape, rm_dt = _running(rm_in, "running_mean", func, x, xf, C, default_shape)
-        rv, rv_shape, rv_dt = _running(rv_in, "running_var", func, x, xf, C, default_shape)
-        # new arrays in the compute dtype, updated by the kernel (the handout assigns new
-        # arrays rather than updating the caller's)
-        # (in the kernels' dtype: float32 for float16, so that narrowing to the written
-        # dtype is checked for overflow instead of turning into a silent inf)
+        # New arrays, updated by the kernel (the handout assigns new arrays rather than
+        # updating the caller's), in the kernels' dtype: float32 for float16, so that
+        # narrowing to the written dtype is checked for overflow instead of a silent inf.
         kdt = F._COMPUTE[cdt]
-        rm = rm.copy() if rm.dtype == kdt else np.array(rm, dtype=kdt)
-        rv = rv.copy() if rv.dtype == kdt else np.array(rv, dtype=kdt)
+        rm, rm_shape, rm_dt = _running(rm_in, "running_mean", func, x, xf, C, default_shape, kdt)
+        rv, rv_shape, rv_dt = _running(rv_in, "running_var", func, x, xf, C, default_shape, kdt)
         out, stats, saved = _c.forward(x, cdt, g, b, rm, rv, True, 1.0 - momentum, eps, func)
-        rm = _written(rm, rm_dt, rm_shape, "bn_param['running_mean']", func)
-        rv = _written(rv, rv_dt, rv_shape, "bn_param['running_var']", func)
+        if rm.dtype != rm_dt or rm.shape != rm_shape:
+            rm = _written(rm, rm_dt, rm_shape, "bn_param['running_mean']", func)
+        if rv.dtype != rv_dt or rv.shape != rv_shape:
+            rv = _written(rv, rv_dt, rv_shape, "bn_param['running_var']", func)
         bn_param["running_mean"], bn_param["running_var"] = rm, rv
-        stats = (stats[0], stats[1])
     else:
         _c.check_momentum(momentum, func, "bn_param['momentum']")
         if rm_in is None:
@@ -161,8 +159,7 @@ def _forward(x, gamma, beta, bn_param, func, ndim, eps_default=1e-5, momentum_de
                 f"{func}: bn_param['running_var'] + eps must be > 0 for every feature, got "
                 f"minimum {rv.min()} with eps {eps}: sqrt(running_var + eps) would be NaN "
                 "or 0")
-        out, st, saved = _c.forward(x, cdt, g, b, rm, rv, False, 0.0, eps, func)
-        stats = (st[0], st[1])
+        out, stats, saved = _c.forward(x, cdt, g, b, rm, rv, False, 0.0, eps, func)
         bn_param["running_mean"] = rm_in
         bn_param["running_var"] = rv_in
     return out, _c.Cache(func, saved, g, stats, training, cdt, shapes)
@@ -200,16 +197,20 @@ def with_defaults(name, eps, momentum):
     return forward
 
 
-def _running(a, name, func, x, xf, C, default_shape):
-    """(C values, caller's shape, dtype to write back) of a running statistic."""
+def _running(a, name, func, x, xf, C, default_shape, kdt):
+    """A new (C,) array of the running statistic's values in ``kdt``, the caller's shape
+    and the dtype to write it back in (NumPy's promotion of the handout's update)."""
     if a is None:
-        # the handout's np.zeros(D, dtype=x.dtype), in the caller's parameter shape
-        return np.zeros(C, dtype=x.dtype), default_shape, xf
+        # the handout's np.zeros(D, dtype=x.dtype), in the caller's parameter shape; the
+        # update promotes it with the batch mean's dtype, xf
+        return np.zeros(C, dtype=kdt), default_shape, xf
     if type(a) is np.ndarray and a.shape == (C,):
-        return a, a.shape, (xf if a.dtype == xf else _c.result_dtype(a.dtype, xf))
-    accepted, what = _param_shapes(x)
-    values, shape = _c.per_channel(a, f"bn_param[{name!r}]", func, C, accepted, what)
-    return values, shape, _c.result_dtype(values.dtype, xf)
+        values, shape = a, a.shape
+    else:
+        accepted, what = _param_shapes(x)
+        values, shape = _c.per_channel(a, f"bn_param[{name!r}]", func, C, accepted, what)
+    written = xf if values.dtype == xf else _c.result_dtype(values.dtype, xf)
+    return np.array(values, dtype=kdt), shape, written
 
 
 def _written(a, dtype, shape, name, func):

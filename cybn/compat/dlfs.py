@@ -222,7 +222,7 @@ class BatchNormalization:
             g = g.astype(cdt, copy=False)
         if d2.dtype != gdt:
             d2 = d2.astype(gdt)
-        dx, dgamma, dbeta = _c.backward(d2, saved, g, (stats[0], stats[1]), True, gdt)
+        dx, dgamma, dbeta = _c.backward(d2, saved, g, stats, True, gdt)
         if dx.dtype != gdt:  # the forward's dtype was narrower than dout's
             dx = dx.astype(gdt)
         self.dgamma = dgamma
