@@ -176,18 +176,24 @@ def _check_writeable(a, name):
                          "got a read-only array")
 
 
+def _param_dtype(*arrays):
+    """The dtype per-channel arrays are handed to the kernels in: the first one's."""
+    for a in arrays:
+        if a is not None:
+            return _compute_dtype(a.dtype)
+    return None
+
+
 def _kernel_params(weight, bias, running_mean, running_var, xdt):
     """The per-channel arrays in one kernel dtype (the first present array's compute
     dtype, else ``xdt``), C-contiguous; copies only what is not already so."""
-    arrays = (weight, bias, running_mean, running_var)
-    first = (running_mean if running_mean is not None else running_var
-             if running_var is not None else weight if weight is not None else bias)
-    pdt = xdt if first is None else (_COMPUTE.get(first.dtype)
-                                     or _compute_dtype(first.dtype))
-    for a in arrays:
+    pdt = _param_dtype(running_mean, running_var, weight, bias) or xdt
+    ready = True
+    for a in (weight, bias, running_mean, running_var):
         if a is not None and (a.dtype is not pdt or not a.flags.c_contiguous):
+            ready = False
             break
-    else:  # the common case: nothing to convert
+    if ready:  # the common case: nothing to convert
         return weight, bias, running_mean, running_var, pdt
     return (_as_param(weight, pdt), _as_param(bias, pdt), _as_param(running_mean, pdt),
             _as_param(running_var, pdt), pdt)
@@ -281,10 +287,7 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
     x3 = view.data
     A, C, B = x3.shape
     count = A * B
-    if out is None:  # the common case, without _prepare_out's checks of `out`
-        out3, res = view.empty_like()
-    else:
-        out3, res = _prepare_out(out, input.shape, input.dtype, view, xdt, (input,))
+    out3, res = _prepare_out(out, input.shape, input.dtype, view, xdt, (input,))
     nt = effective_n_threads(n_threads)
     w, b, rm, rv, pdt = _kernel_params(weight, bias, running_mean, running_var, xdt)
     if use_batch_stats:
@@ -299,9 +302,11 @@ def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stat
                                               var_scale, out3, stats, check_finite, nt)
             if bad:
                 channels = np.flatnonzero(~np.isfinite(stats[0]) | ~np.isfinite(stats[2]))
-                raise ValueError(
+                err = ValueError(
                     f"input holds NaN or Inf in channel(s) {channels.tolist()} (axis {axis}) "
                     "and check_finite is on: nothing was updated")
+                err.channels = channels.tolist()  # for callers that word their own error
+                raise err
             if update_stats:
                 # the kernel updated copies when the caller's arrays could not be used as is
                 if rm is not running_mean:
@@ -340,10 +345,7 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
     dy3 = view.adopt(dy)
     pdt = _compute_dtype(weight.dtype) if weight is not None else (gdt if gdt in _CNAME else xdt)
     w = _as_param(weight, pdt)
-    if out is None and dtype == xdt:  # the common case, without _prepare_out's checks
-        gi3, res = view.empty_like()
-    else:
-        gi3, res = _prepare_out(out, view.shape, dtype, view, xdt, (grad_output, saved.input))
+    gi3, res = _prepare_out(out, view.shape, dtype, view, xdt, (grad_output, saved.input))
     gw = np.empty(C, dtype=pdt) if need_weight else None
     gb = np.empty(C, dtype=pdt) if need_bias else None
     nt = effective_n_threads(n_threads)

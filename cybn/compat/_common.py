@@ -16,13 +16,13 @@ import numpy as np
 from .. import _threads
 from .. import functional as F
 
+_F64 = np.dtype(np.float64)
 
 
 def _real(dt):
     """float16/32/64 (either byte order) or an integer dtype: what legacy arithmetic takes
     and cybn can compute (longdouble and complex are refused, not silently narrowed)."""
     return dt.kind in "iu" or F._compute_dtype(dt) is not None
-_F64 = np.dtype(np.float64)
 
 
 def _shapes_text(shapes):
@@ -155,13 +155,13 @@ def narrow(a, dtype, name, func):
     return r
 
 
-def zero_variance(stats, eps, func, name="x"):
+def zero_variance(stats, eps, func):
     """Raise when eps is 0 and a channel has zero batch variance (1/sqrt(0))."""
     if eps == 0:
         bad = np.flatnonzero(np.isinf(stats[1]))
         if bad.size:
             raise ValueError(
-                f"{func}: feature(s) {bad.tolist()} of {name} are constant over the batch and "
+                f"{func}: feature(s) {bad.tolist()} of x are constant over the batch and "
                 "eps is 0: the convention's formula divides 0 by 0 there (NaN); use eps > 0")
 
 
@@ -181,31 +181,40 @@ def n_threads():
 
 
 def forward(x2, cdt, weight, bias, running_mean, running_var, training, factor, eps, func,
-            name="x"):
-    """Run cybn's validated forward on an (N, C, ...) array; return (out, stats, saved).
+            rv_name):
+    """Run cybn's validated forward on an (N, C, ...) array ``x2``; return (out, stats, saved).
 
     The legacy statistics are the batch mean and the *biased* variance; the running
     statistics, when given in training, are updated in place with weight ``factor`` on
-    the batch. Non-finite batch statistics (NaN or Inf in x, or overflow) raise before
-    anything is updated: the legacy formula would spread NaN over the whole feature.
+    the batch. Where the legacy formula gives NaN or inf, ValueError is raised before
+    anything is updated: an empty training batch, non-finite batch statistics (NaN or
+    Inf in x, or overflow: NaN over the whole feature), eps = 0 with a constant feature,
+    and in test mode ``running_var + eps <= 0`` (``rv_name`` names that argument).
     """
+    if training:
+        if x2.size == 0 and x2.shape[1]:
+            raise ValueError(f"{func}: x has no rows (shape {x2.shape}): the batch mean of "
+                             "an empty batch is NaN")
+    elif running_var.size and not running_var.min() + eps > 0:
+        raise ValueError(
+            f"{func}: {rv_name} + eps must be > 0 for every feature, got minimum "
+            f"{running_var.min()} with eps {eps}: sqrt({rv_name} + eps) would be NaN or 0")
     x = x2 if x2.dtype == cdt else x2.astype(cdt)
-    xdt = F._COMPUTE[cdt]
     try:
         out, stats, saved, _ = F._forward(
-            x, xdt, weight, bias, running_mean, running_var, training,
+            x, F._COMPUTE[cdt], weight, bias, running_mean, running_var, training,
             training and running_mean is not None, factor, eps, n_threads(), unbiased=False,
             check_finite=training)
     except ValueError as exc:
-        if "NaN or Inf" not in str(exc):
+        channels = getattr(exc, "channels", None)  # set only for non-finite batches
+        if channels is None:
             raise
-        channels = str(exc).split("channel(s) ")[1].split(" (axis")[0]
         raise ValueError(
-            f"{func}: {name} holds NaN or Inf (or values whose square overflows) in "
+            f"{func}: x holds NaN or Inf (or values whose square overflows) in "
             f"feature(s) {channels}: the convention's batch statistics would be NaN there; "
             "nothing was updated") from None
     if training:
-        zero_variance(stats, eps, func, name)
+        zero_variance(stats, eps, func)
     return out, stats, saved
 
 

@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 _INF = float("inf")
+_RV_NAME = "bn_param['running_var']"
 _KEYS = frozenset(("mode", "eps", "momentum", "running_mean", "running_var"))
 _FC_KINDS = ("batchnorm_forward", "batchnorm_forward_alt")
 _SPATIAL_KINDS = ("spatial_batchnorm_forward",)
@@ -125,23 +126,22 @@ def _forward(x, gamma, beta, bn_param, func, ndim, eps_default=1e-5, momentum_de
     if training:
         if type(momentum) is not float or momentum - momentum != 0:
             momentum = _c.check_momentum(momentum, func, "bn_param['momentum']")
-        if x.size == 0 and C:
-            raise ValueError(f"{func}: x has no rows (shape {x.shape}): the batch mean of "
-                             "an empty batch is NaN")
         # New arrays, updated by the kernel (the handout assigns new arrays rather than
         # updating the caller's), in the kernels' dtype: float32 for float16, so that
         # narrowing to the written dtype is checked for overflow instead of a silent inf.
         kdt = F._COMPUTE[cdt]
         rm, rm_shape, rm_dt = _running(rm_in, "running_mean", func, x, xf, C, default_shape, kdt)
         rv, rv_shape, rv_dt = _running(rv_in, "running_var", func, x, xf, C, default_shape, kdt)
-        out, stats, saved = _c.forward(x, cdt, g, b, rm, rv, True, 1.0 - momentum, eps, func)
+        out, stats, saved = _c.forward(x, cdt, g, b, rm, rv, True, 1.0 - momentum, eps, func,
+                                       _RV_NAME)
         if rm.dtype != rm_dt or rm.shape != rm_shape:
             rm = _written(rm, rm_dt, rm_shape, "bn_param['running_mean']", func)
         if rv.dtype != rv_dt or rv.shape != rv_shape:
             rv = _written(rv, rv_dt, rv_shape, "bn_param['running_var']", func)
         bn_param["running_mean"], bn_param["running_var"] = rm, rv
     else:
-        _c.check_momentum(momentum, func, "bn_param['momentum']")
+        if type(momentum) is not float:
+            _c.check_momentum(momentum, func, "bn_param['momentum']")
         if rm_in is None:
             rm_in = np.zeros(default_shape, dtype=x.dtype)
         if rv_in is None:
@@ -154,12 +154,7 @@ def _forward(x, gamma, beta, bn_param, func, ndim, eps_default=1e-5, momentum_de
             rv, _ = _c.per_channel(rv_in, "bn_param['running_var']", func, C, accepted, what)
             rm = rm if rm.dtype == cdt else rm.astype(cdt)
             rv = rv if rv.dtype == cdt else rv.astype(cdt)
-        if C and not rv.min() + eps > 0:
-            raise ValueError(
-                f"{func}: bn_param['running_var'] + eps must be > 0 for every feature, got "
-                f"minimum {rv.min()} with eps {eps}: sqrt(running_var + eps) would be NaN "
-                "or 0")
-        out, stats, saved = _c.forward(x, cdt, g, b, rm, rv, False, 0.0, eps, func)
+        out, stats, saved = _c.forward(x, cdt, g, b, rm, rv, False, 0.0, eps, func, _RV_NAME)
         bn_param["running_mean"] = rm_in
         bn_param["running_var"] = rv_in
     return out, _c.Cache(func, saved, g, stats, training, cdt, shapes)

@@ -140,9 +140,6 @@ class BatchNormalization:
             momentum = self.momentum
             if type(momentum) is not float or momentum - momentum != 0:
                 momentum = _c.check_momentum(momentum, func, "momentum")
-            if N == 0 and D:
-                raise ValueError(f"{func}: x has no rows (shape {x.shape}): the batch mean "
-                                 "of an empty batch is NaN")
             if simple:
                 cdt, written = xf, (xf, xf)
                 rm, rv = rm.astype(F._COMPUTE[cdt]), rv.astype(F._COMPUTE[cdt])  # new arrays
@@ -156,7 +153,7 @@ class BatchNormalization:
                 rm = np.array(rm, dtype=F._COMPUTE[cdt])
                 rv = np.array(rv, dtype=F._COMPUTE[cdt])
             out, stats, saved = _c.forward(x2, cdt, g, b, rm, rv, True, 1.0 - momentum, _EPS,
-                                           func)
+                                           func, "running_var")
             rm = _c.narrow(rm, written[0], "running_mean", func).reshape(rshapes[0])
             rv = _c.narrow(rv, written[1], "running_var", func).reshape(rshapes[1])
             self.running_mean, self.running_var = rm, rv
@@ -166,13 +163,10 @@ class BatchNormalization:
             cdt = xf if simple else _c.result_dtype(xf, rm.dtype, rv.dtype,
                                                     _c.promoted(gamma, g),
                                                     _c.promoted(beta, b))
-            if D and not rv.min() + _EPS > 0:
-                raise ValueError(
-                    f"{func}: running_var + 1e-6 must be > 0 for every feature, got minimum "
-                    f"{rv.min()}: sqrt(running_var + eps) would be NaN or 0")
             out, _, _ = _c.forward(x2, cdt, g.astype(cdt, copy=False),
                                    b.astype(cdt, copy=False), rm.astype(cdt, copy=False),
-                                   rv.astype(cdt, copy=False), False, 0.0, _EPS, func)
+                                   rv.astype(cdt, copy=False), False, 0.0, _EPS, func,
+                                   "running_var")
             self.running_mean, self.running_var = rm_in, rv_in
             self._cache = None
         self.input_shape = x.shape
