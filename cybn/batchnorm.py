@@ -27,12 +27,14 @@ _IncompatibleKeys = collections.namedtuple("IncompatibleKeys",
 class _Cache:
     """What backward needs from the last successful forward (C-sized apart from x)."""
 
-    __slots__ = ("saved", "stats", "training")
+    __slots__ = ("count", "reduced", "saved", "stats", "training")
 
-    def __init__(self, saved, training, stats):
+    def __init__(self, saved, stats, count, reduced):
         self.saved = saved          # the input, by reference (F._SavedInput)
-        self.training = training    # batch-statistics formula?
-        self.stats = stats          # float64 (C,) pair: batch or running mean, invstd
+        self.training = stats.shape[0] == 3  # batch statistics: the training formula
+        self.stats = (stats[0], stats[1])    # float64 (C,): batch or running mean, invstd
+        self.count = count          # values per channel behind the statistics
+        self.reduced = reduced      # statistics reduced across processes (SyncBatchNorm)
 
 
 def _as_state_array(value, key):
@@ -251,12 +253,6 @@ class _BatchNorm:
 
     # -- computation ---------------------------------------------------------------------
 
-    def _check_state(self, C):
-        # The arrays are public attributes a user may have replaced (bn.weight = ...): the
-        # kernels read C elements of each, so a wrong length must be caught here.
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            F._check_channels(getattr(self, name), f"self.{name}", C)
-
     def _check_input_dim(self, input):
         F._check_ndim(input, self._expected_ndims)
 
@@ -265,47 +261,21 @@ class _BatchNorm:
 
     def forward(self, input):
         """Normalize a batch; see the class docstring for shapes, modes and errors."""
-        xdt = F._check_input(input)
-        self._check_input_dim(input)
-        axis = self.axis if self.axis == 1 else F._check_axis(self.axis, input.ndim)
-        C = input.shape[axis]
-        nf = self.num_features
-        if C != nf:
-            if self.running_mean is not None:
-                name = "running_mean"
-            elif self.weight is not None:
-                name = "weight"
-            else:
-                name = None  # like torch: no per-channel state, any C is accepted
-            if name is not None:
-                hint = ""
-                if axis != input.ndim - 1 and input.shape[-1] == nf:
-                    hint = " (if the channels are the last axis, pass axis=-1)"
-                raise ValueError(
-                    f"{name} should contain {C} elements not {nf}: input of shape "
-                    f"{input.shape} has {C} channels along axis {axis}, but this module "
-                    f"has num_features={nf}{hint}")
-        self._check_state(nf)
-        use_batch_stats = self.training or self.running_mean is None
-        update = (self.training and self.track_running_stats
-                  and self.running_mean is not None)
-        if use_batch_stats:
-            F._check_batch_size(input.shape, axis)
-        eps = F._check_eps(self.eps, use_batch_stats)
-        factor = 0.0
-        if update:
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked + 1)
-            else:
-                factor = F._check_momentum(self.momentum)
-        output, stats, saved, count = F._forward(
-            input, xdt, self.weight, self.bias, self.running_mean, self.running_var,
-            use_batch_stats, update, factor, eps, self.n_threads, axis=axis,
-            check_finite=self.check_finite and self.training)
-        if update and count > 0:
+        return self._forward(input)
+
+    def _forward(self, input, reduce=None):
+        # The module's part of a forward: its state in, num_batches_tracked and the
+        # backward's cache out. Validation, the choice of statistics, the momentum factor
+        # and the running-statistics update are cybn.functional's, as in torch's
+        # _BatchNorm.forward -> F.batch_norm. `reduce`: SyncBatchNorm's communication.
+        output, stats, saved, count, updated = F._forward(
+            input, self.weight, self.bias, self.running_mean, self.running_var,
+            self.training, self.momentum, self.eps, self.axis, n_threads=self.n_threads,
+            module=self, check_finite=self.check_finite and self.training, reduce=reduce)
+        if updated:
             nbt = self.num_batches_tracked
             nbt[()] = int(nbt) + 1
-        self._cache = _Cache(saved, use_batch_stats, (stats[0], stats[1]))
+        self._cache = _Cache(saved, stats, count, reduce is not None)
         return output
 
     def backward(self, grad_output):
@@ -337,21 +307,18 @@ class _BatchNorm:
         The input of the forward is kept by reference, not copied: modifying it in place
         before ``backward`` changes the gradients (PyTorch would raise instead).
         """
+        return self._backward(grad_output)
+
+    def _backward(self, grad_output, reduce=None):
         cache = self._cache
         if cache is None:
             raise RuntimeError(
                 "backward() called before forward(): there is no batch to differentiate")
-        F._check_input(grad_output, "grad_output")
-        if self.weight is not None:
-            F._check_channels(self.weight, "self.weight", cache.stats[0].shape[0])
-        shape = cache.saved.input.shape
-        if grad_output.shape != shape:
-            raise ValueError(
-                f"grad_output must have the shape of the last forward's input {shape}, "
-                f"got {grad_output.shape}")
         grad_input, grad_weight, grad_bias = F._backward(
             grad_output, cache.saved, self.weight, cache.stats, cache.training,
-            self.weight is not None, self.bias is not None, self.dtype, self.n_threads)
+            self.weight is not None, self.bias is not None, self.dtype, self.n_threads,
+            weight_name="self.weight", shape_of="the shape of the last forward's input",
+            reduce=reduce, count=cache.count)
         self.grad_weight = grad_weight
         self.grad_bias = grad_bias
         return grad_input

@@ -58,6 +58,13 @@ _FORWARD_TRAINING = _specialise(_kernels.forward_training, 2)
 _FORWARD_INFERENCE = _specialise(_kernels.forward_inference, 2)
 _BACKWARD_TRAINING = _specialise(_kernels.backward_training, 2)
 _BACKWARD_INFERENCE = _specialise(_kernels.backward_inference, 2)
+# the decomposed kernels of a forward/backward whose sums are reduced across processes
+# (SyncBatchNorm's `reduce`, see _forward)
+_BATCH_STATS = _specialise(_kernels.batch_stats, 1)
+_NORMALIZE = _specialise(_kernels.normalize, 1)
+_BACKWARD_REDUCE = _specialise(_kernels.backward_reduce, 1)
+_BACKWARD_INPUT = _specialise(_kernels.backward_input, 1)
+_UPDATE_RUNNING_STATS = _specialise(_kernels.update_running_stats, 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -73,6 +80,10 @@ def _compute_dtype(dt):
 
 def _check_input(x, name="input"):
     """Return the compute dtype of an input array, or raise TypeError."""
+    if type(x) is np.ndarray:
+        dt = x.dtype
+        if dt is _F32 or dt is _F64:  # the common case, without a dtype hash
+            return dt
     if not isinstance(x, np.ndarray):
         raise TypeError(
             f"{name} must be a NumPy array of float16, float32 or float64, "
@@ -176,23 +187,37 @@ def _check_writeable(a, name):
                          "got a read-only array")
 
 
-def _param_dtype(*arrays):
-    """The dtype per-channel arrays are handed to the kernels in: the first one's."""
-    for a in arrays:
-        if a is not None:
-            return _compute_dtype(a.dtype)
-    return None
+_PER_CHANNEL = ("running_mean", "running_var", "weight", "bias")
 
 
-def _kernel_params(weight, bias, running_mean, running_var, xdt):
-    """The per-channel arrays in one kernel dtype (the first present array's compute
-    dtype, else ``xdt``), C-contiguous; copies only what is not already so."""
-    pdt = _param_dtype(running_mean, running_var, weight, bias) or xdt
+def _per_channel(running_mean, running_var, weight, bias, C, axis, xdt, prefix=""):
+    """Check the per-channel arrays (None passes) and resolve them for the kernels.
+
+    Returns (weight, bias, running_mean, running_var, pdt): the arrays in one kernel dtype
+    ``pdt`` (the first present array's compute dtype, in the order of the arguments; else
+    ``xdt``), C-contiguous; only what is not already so is copied. ``prefix`` names a
+    module's attributes (``self.``) in the messages.
+    """
+    cshape = (C,)
+    pdt = None
     ready = True
-    for a in (weight, bias, running_mean, running_var):
-        if a is not None and (a.dtype is not pdt or not a.flags.c_contiguous):
-            ready = False
-            break
+    i = 0
+    for a in (running_mean, running_var, weight, bias):
+        if a is not None:
+            dt = a.dtype if type(a) is np.ndarray else None
+            if (dt is not _F32 and dt is not _F64) or a.shape != cshape:
+                # not the common case: raises unless a subclass, float16 or a non-native
+                # float of the right shape
+                _check_channels(a, prefix + _PER_CHANNEL[i], C, axis)
+                dt = _compute_dtype(a.dtype)
+                ready = False
+            if pdt is None:
+                pdt = dt
+            if dt is not pdt or not a.flags.c_contiguous:
+                ready = False
+        i += 1
+    if pdt is None:
+        pdt = xdt
     if ready:  # the common case: nothing to convert
         return weight, bias, running_mean, running_var, pdt
     return (_as_param(weight, pdt), _as_param(bias, pdt), _as_param(running_mean, pdt),
@@ -212,17 +237,18 @@ def _prepare_out(out, shape, dtype, view, xdt, other):
     the input's shape (it is ``out`` itself when ``out`` can be written directly).
     Hand both to :func:`_deliver` after the kernel ran.
     """
-    if out is not None:
-        if not isinstance(out, np.ndarray):
-            raise TypeError(f"out must be a NumPy array or None, got {type(out).__name__}")
-        if out.dtype != dtype:
-            raise TypeError(f"out must have dtype {dtype}, got {out.dtype}")
-        if out.shape != shape:
-            raise ValueError(f"out must have shape {shape}, got {out.shape}")
-        _check_writeable(out, "out")
-        if any(np.may_share_memory(out, a) for a in other):
-            raise ValueError("out must not overlap the input arrays")
-    if out is None or dtype != xdt:
+    if out is None:
+        return view.empty_like()
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array or None, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out must have dtype {dtype}, got {out.dtype}")
+    if out.shape != shape:
+        raise ValueError(f"out must have shape {shape}, got {out.shape}")
+    _check_writeable(out, "out")
+    if any(np.may_share_memory(out, a) for a in other):
+        raise ValueError("out must not overlap the input arrays")
+    if dtype != xdt:
         return view.empty_like()
     t = out if view.perm is None else out.transpose(view.perm)
     if not t.flags.c_contiguous:
@@ -242,7 +268,12 @@ def _deliver(res, out, dtype):
 
 
 # ---------------------------------------------------------------------------------------
-# the shared core (used by the module classes too)
+# The one validated call path. Every entry point -- the functions below, the modules
+# (cybn.batchnorm, cybn.sync) and the legacy adapters (cybn.compat) -- runs its forward
+# through _forward and its backward through _backward; they add only their own state
+# handling. SyncBatchNorm passes a `reduce` callback that turns this rank's statistics
+# (or backward sums) into the global ones: the communication is its only part of the
+# arithmetic (as torch's SyncBatchNorm function only adds all_gather to the same ops).
 
 class _SavedInput:
     """The forward's input as backward needs it, without keeping a copy of it alive.
@@ -268,56 +299,185 @@ class _SavedInput:
         return as_ncl(x, self.axis)
 
 
-def _forward(input, xdt, weight, bias, running_mean, running_var, use_batch_stats,
-             update_stats, factor, eps, n_threads, out=None, axis=1, unbiased=True,
-             check_finite=False, keep=True):
-    """Validated forward. Returns (output, stats, saved, count); saved is a _SavedInput.
+def _check_num_features(module, input, axis, C):
+    """A module's channel count against the input's (torch's wording, plus an axis hint)."""
+    nf = module.num_features
+    if C == nf:
+        return
+    if module.running_mean is not None:
+        name = "running_mean"
+    elif module.weight is not None:
+        name = "weight"
+    else:
+        return  # like torch: no per-channel state, any C is accepted
+    hint = ""
+    if axis != input.ndim - 1 and input.shape[-1] == nf:
+        hint = " (if the channels are the last axis, pass axis=-1)"
+    raise ValueError(
+        f"{name} should contain {C} elements not {nf}: input of shape {input.shape} has "
+        f"{C} channels along axis {axis}, but this module has num_features={nf}{hint}")
+
+
+def _forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
+             axis=1, *, out=None, n_threads=None, module=None, unbiased=True,
+             check_finite=False, legacy=False, keep=True, reduce=None):
+    """Validate a forward call once, run it; return (output, stats, saved, count, updated).
+
+    The checks, in this order (the first failure raises; nothing has changed then):
+    the input (type and dtype; dimensions: ``module._check_input_dim`` for a module, at
+    least 2-D otherwise), the channel axis, the per-channel arrays against the channel
+    count (a module's ``self.<name>`` against its ``num_features``), ``training``, which
+    statistics are used, one value per channel, ``momentum``, writeability of updated
+    running statistics, ``eps`` (> 0 with batch statistics, >= 0 otherwise).
+    ``legacy`` relaxes two checks the legacy conventions (cybn.compat) do not make: eps
+    may be 0 and one value per channel is allowed (their formula then gives the bias).
+
+    Which statistics: batch statistics when ``training``; for a ``module`` also when it
+    has no running statistics (torch's rule), where the functional form requires them.
+    The running statistics are updated when training with them (and, for a module,
+    tracking them): in place, last, with weight ``momentum`` on the batch (for a module
+    whose momentum is None, ``1 / (num_batches_tracked + 1)``: the cumulative average) and
+    the unbiased (``unbiased``) or biased batch variance.
 
     ``stats`` is float64: (3, C) rows mean, invstd, biased variance with batch statistics;
-    (2, C) rows running mean, invstd otherwise (None when ``keep`` is False). Per-channel arrays must already be checked
-    for shape. ``update_stats`` asks for the running statistics to be updated in place
-    with ``factor`` and the unbiased (``unbiased``) or biased batch variance; the update
-    comes after everything that can fail, so a failing call changes nothing.
+    (2, C) rows running mean, invstd otherwise (None when ``keep`` is False, as
+    ``saved``, the input as backward needs it); its row count tells the backward which
+    formula applies. ``count`` is the number of values per channel behind the statistics
+    (the global one under ``reduce``); ``updated`` says whether the running statistics
+    were updated (an empty batch changes nothing).
     ``check_finite`` raises ValueError, before any state changes, when the batch
-    statistics of a channel are not finite (NaN or Inf in the batch). ``keep=False``
-    returns None for ``saved`` (callers without a backward).
+    statistics of a channel are not finite (the error's ``channels`` attribute lists
+    them, for callers that word their own message).
+
+    ``reduce(count, mean, m2)`` (SyncBatchNorm, training) receives this call's per-channel
+    count, mean and M2 = sum((x - mean)^2) and returns the global (count, mean, M2); it
+    checks what only it can (one value per channel over all ranks, finiteness).
     """
-    x = input if input.dtype == xdt else input.astype(xdt)
-    view = as_ncl(x, axis)
-    x3 = view.data
-    A, C, B = x3.shape
-    count = A * B
-    out3, res = _prepare_out(out, input.shape, input.dtype, view, xdt, (input,))
-    nt = effective_n_threads(n_threads)
-    w, b, rm, rv, pdt = _kernel_params(weight, bias, running_mean, running_var, xdt)
-    if use_batch_stats:
-        if count == 0:
-            stats = _empty_batch_stats(C, eps)
-        else:
-            stats = np.empty((3, C))
-            # count > 1 here: one value per channel is rejected before any work in training
-            var_scale = count / (count - 1) if unbiased else 1.0
-            bad = _FORWARD_TRAINING[xdt, pdt](x3, w, b, rm if update_stats else None,
-                                              rv if update_stats else None, eps, factor,
-                                              var_scale, out3, stats, check_finite, nt)
-            if bad:
-                channels = np.flatnonzero(~np.isfinite(stats[0]) | ~np.isfinite(stats[2]))
-                err = ValueError(
-                    f"input holds NaN or Inf in channel(s) {channels.tolist()} (axis {axis}) "
-                    "and check_finite is on: nothing was updated")
-                err.channels = channels.tolist()  # for callers that word their own error
-                raise err
-            if update_stats:
-                # the kernel updated copies when the caller's arrays could not be used as is
-                if rm is not running_mean:
-                    running_mean[...] = rm
-                if rv is not running_var:
-                    running_var[...] = rv
+    # -- validation (cheap checks first; each check's common case costs one comparison)
+    xdt = _check_input(input)
+    if module is not None:
+        module._check_input_dim(input)
+    elif input.ndim < 2:
+        raise ValueError(
+            f"expected at least 2D input (got {input.ndim}D input): "
+            "shape (N, C) or (N, C, L) with channels on axis 1")
+    ndim = input.ndim
+    if type(axis) is not int or not 0 <= axis < ndim:  # (the check's common case inline)
+        axis = _check_axis(axis, ndim)
+    C = input.shape[axis]
+    if module is None:
+        prefix = ""
     else:
+        _check_num_features(module, input, axis, C)
+        prefix = "self."
+        C = module.num_features  # the same as the input's when any array is checked
+    w, b, rm, rv, pdt = _per_channel(running_mean, running_var, weight, bias, C, axis, xdt,
+                                     prefix)
+    if training is not True and training is not False:
+        training = _check_training(training)
+    has_running = running_mean is not None
+    if module is not None:
+        batch_stats = training or not has_running
+        update = training and has_running and module.track_running_stats
+    elif training:
+        if has_running != (running_var is not None):
+            raise ValueError("running_mean and running_var must either both be None or "
+                             "neither be None")
+        batch_stats, update = True, has_running
+    elif not has_running or running_var is None:
+        raise ValueError("running_mean and running_var must be defined in evaluation mode "
+                         "(training=False)")
+    else:
+        batch_stats = update = False
+    if batch_stats and reduce is None and not legacy:  # under reduce, the global count
+        _check_batch_size(input.shape, axis)
+    factor = 0.0
+    if update:
+        if momentum is None and module is not None:
+            factor = 1.0 / float(module.num_batches_tracked + 1)
+        else:
+            factor = _check_momentum(momentum)
+        _check_writeable(running_mean, prefix + "running_mean")
+        _check_writeable(running_var, prefix + "running_var")
+    elif module is None and type(momentum) is not float:
+        _check_momentum(momentum, finite=False)  # unused, but a wrong type is a mistake
+    if type(eps) is not float or not eps > 0:
+        eps = _check_eps(eps, batch_stats and not legacy)
+
+    # -- resolution: compute dtype, (A, C, B) view, output buffer, kernel parameters
+    x = input if input.dtype is xdt else input.astype(xdt)
+    view = as_ncl(x, axis)
+    A, C, B = view.data.shape
+    count = A * B
+    if out is None:
+        out3 = np.empty(view.data.shape, xdt)
+        res = view.restore(out3)
+    else:
+        out3, res = _prepare_out(out, input.shape, input.dtype, view, xdt, (input,))
+    nt = effective_n_threads(n_threads)
+    if not update:
+        rm_k = rv_k = None
+    else:
+        rm_k, rv_k = rm, rv
+    var_scale = 1.0
+
+    # -- the kernels
+    if not batch_stats:
         stats = np.empty((2, C)) if keep else None
-        _FORWARD_INFERENCE[xdt, pdt](x3, w, b, rm, rv, eps, out3, stats, nt)
+        _FORWARD_INFERENCE[xdt, pdt](view.data, w, b, rm, rv, eps, out3, stats, nt)
+    elif reduce is not None:
+        stats, count = _reduced_stats(view.data, xdt, count, eps, nt, reduce)
+        if count > 0:
+            var_scale = count / (count - 1) if unbiased else 1.0
+        if view.data.size:
+            scale = stats[1] * w if w is not None else stats[1]
+            shift = b.astype(np.float64) if b is not None else np.zeros(C)
+            _NORMALIZE[xdt](view.data, stats[0], np.ascontiguousarray(scale, np.float64),
+                            shift, out3, nt)
+        if update and count > 0:
+            _UPDATE_RUNNING_STATS[pdt](rm_k, rv_k, stats[0], stats[2], var_scale, factor)
+    elif count == 0:
+        stats = _empty_batch_stats(C, eps)
+        update = False  # an empty batch changes nothing
+    else:
+        stats = np.empty((3, C))
+        # count > 1 here: one value per channel is rejected before any work in training
+        var_scale = count / (count - 1) if unbiased else 1.0
+        bad = _FORWARD_TRAINING[xdt, pdt](view.data, w, b, rm_k, rv_k, eps, factor,
+                                          var_scale, out3, stats, check_finite, nt)
+        if bad:
+            channels = np.flatnonzero(~np.isfinite(stats[0]) | ~np.isfinite(stats[2]))
+            err = ValueError(
+                f"input holds NaN or Inf in channel(s) {channels.tolist()} (axis {axis}) "
+                "and check_finite is on: nothing was updated")
+            err.channels = channels.tolist()
+            raise err
+    if update and count > 0:
+        # the kernel updated copies when the caller's arrays could not be used as is
+        if rm is not running_mean:
+            running_mean[...] = rm
+        if rv is not running_var:
+            running_var[...] = rv
     saved = _SavedInput(input, view, xdt, axis) if keep else None
-    return _deliver(res, out, input.dtype), stats, saved, count
+    if out is not None or input.dtype is not xdt:
+        res = _deliver(res, out, input.dtype)
+    return res, stats, saved, count, update and count > 0
+
+
+def _reduced_stats(x3, xdt, count, eps, nt, reduce):
+    """(stats, global count) from this call's statistics and ``reduce`` (see _forward)."""
+    C = x3.shape[1]
+    mean = np.empty(C)
+    m2 = np.empty(C)
+    _BATCH_STATS[xdt](x3, mean, m2, nt)
+    n, mean, m2 = reduce(count, mean, m2)
+    if n == 0:
+        return _empty_batch_stats(C, eps), 0
+    stats = np.empty((3, C))
+    stats[0] = mean
+    np.divide(m2, n, out=stats[2])
+    stats[1] = 1.0 / np.sqrt(stats[2] + eps)
+    return stats, n
 
 
 def _empty_batch_stats(C, eps):
@@ -328,29 +488,52 @@ def _empty_batch_stats(C, eps):
 
 
 def _backward(grad_output, saved, weight, stats, training, need_weight, need_bias, gdt,
-              n_threads, out=None):
-    """Validated backward for the forward's input ``saved`` (a _SavedInput).
+              n_threads, *, out=None, weight_name="weight", shape_of="the input's shape",
+              reduce=None, count=None):
+    """Validate and run a backward for the forward's input ``saved`` (a _SavedInput).
 
+    Checks ``grad_output`` (type, then the input's shape; ``shape_of`` words the
+    expectation) and ``weight`` (named ``weight_name``) against the channel count.
     ``stats`` is (center, invstd): the batch or running mean and 1/sqrt(var + eps),
     C-contiguous float64 arrays of shape (C,).
     Returns (grad_input, grad_weight or None, grad_bias or None); the gradients of the
-    parameters are in ``gdt`` (default: weight's compute dtype, else ``xdt``).
+    parameters are in ``gdt`` (default: weight's compute dtype, else the input's).
+    ``reduce(sum_dy, sum_dy_xmu)`` (SyncBatchNorm, after a training forward; ``count``
+    is then the global count) returns the global per-channel sums.
     """
+    _check_input(grad_output, "grad_output")
+    shape = saved.input.shape
+    if grad_output.shape != shape:
+        raise ValueError(f"grad_output must have {shape_of} {shape}, got {grad_output.shape}")
+    C = stats[0].shape[0]
+    _check_channels(weight, weight_name, C, saved.axis)
     view = saved.ncl()
     xdt = saved.xdt
     dtype = saved.input.dtype
     x3 = view.data
-    C = x3.shape[1]
     dy = grad_output if grad_output.dtype == xdt else grad_output.astype(xdt)
     dy3 = view.adopt(dy)
     pdt = _compute_dtype(weight.dtype) if weight is not None else (gdt if gdt in _CNAME else xdt)
     w = _as_param(weight, pdt)
-    gi3, res = _prepare_out(out, view.shape, dtype, view, xdt, (grad_output, saved.input))
-    gw = np.empty(C, dtype=pdt) if need_weight else None
-    gb = np.empty(C, dtype=pdt) if need_bias else None
+    gi3, res = _prepare_out(out, shape, dtype, view, xdt, (grad_output, saved.input))
     nt = effective_n_threads(n_threads)
-    kernel = _BACKWARD_TRAINING if training else _BACKWARD_INFERENCE
-    kernel[xdt, pdt](dy3, x3, w, stats[0], stats[1], gi3, gw, gb, nt)
+    if reduce is None:
+        gw = np.empty(C, dtype=pdt) if need_weight else None
+        gb = np.empty(C, dtype=pdt) if need_bias else None
+        kernel = _BACKWARD_TRAINING if training else _BACKWARD_INFERENCE
+        kernel[xdt, pdt](dy3, x3, w, stats[0], stats[1], gi3, gw, gb, nt)
+    else:
+        mean, invstd = stats[0], stats[1]
+        sums = np.empty((2, C))
+        _BACKWARD_REDUCE[xdt](dy3, x3, mean, sums[0], sums[1], nt)
+        sum_dy, sum_dy_xmu = reduce(sums[0], sums[1])
+        if x3.size > 0:
+            scale = invstd * w if w is not None else invstd
+            _BACKWARD_INPUT[xdt](dy3, x3, mean, sum_dy / count,
+                                 sum_dy_xmu * (invstd * invstd) / count,
+                                 np.ascontiguousarray(scale, np.float64), gi3, nt)
+        gw = (sum_dy_xmu * invstd).astype(pdt) if need_weight else None
+        gb = sum_dy.astype(pdt) if need_bias else None
     if gdt is not None and gdt != pdt:
         gw = None if gw is None else gw.astype(gdt)
         gb = None if gb is None else gb.astype(gdt)
@@ -410,86 +593,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         missing in evaluation, there is one value per channel in training, ``eps`` is out
         of range, or ``momentum`` is not finite.
     """
-    return batch_norm_forward(input, weight, bias, running_mean, running_var, training,
-                              momentum, eps, axis=axis, n_threads=n_threads)[0]
-
-
-def _eval_fast(input, weight, bias, running_mean, running_var, training, momentum, eps,
-               axis, out, n_threads):
-    """Evaluation forward for the plainest call, or None: then the general path runs.
-
-    Inference on a small batch costs a few microseconds of validation, as much as the
-    arithmetic. This path accepts only what needs no conversion: ``training is False``,
-    axis 1, no ``out``, a float momentum, a C-contiguous 2-D or 3-D native float32/float64
-    array with data, parameters of one native float dtype that are C-contiguous (C,)
-    arrays, running statistics present, a float ``eps >= 0``. Those conditions imply every
-    check of the general path, and anything else (every error included) returns None, so
-    the general path raises its usual exceptions. The result is the same array the general
-    path computes.
-    """
-    if (training is not False or out is not None or type(axis) is not int or axis != 1
-            or type(momentum) is not float or type(input) is not np.ndarray
-            or type(eps) is not float or not eps >= 0):
-        return None
-    xdt = input.dtype
-    shape = input.shape
-    if xdt not in _CNAME or not input.flags.c_contiguous or not 2 <= len(shape) <= 3:
-        return None
-    C = shape[1]
-    if type(running_mean) is not np.ndarray:
-        return None
-    pdt = running_mean.dtype
-    if pdt not in _CNAME:
-        return None
-    cshape = (C,)
-    for a in (running_mean, running_var, weight, bias):
-        if a is None:
-            if a is running_var:
-                return None
-        elif (type(a) is not np.ndarray or a.dtype != pdt or a.shape != cshape
-              or not a.flags.c_contiguous):
-            return None
-    if input.size == 0:
-        return None  # empty batch or no channels: the general path's rules apply
-    ncl = (shape[0], C, shape[2] if len(shape) == 3 else 1)
-    output = np.empty(shape, xdt)
-    _FORWARD_INFERENCE[xdt, pdt](input.reshape(ncl), weight, bias, running_mean,
-                                 running_var, eps, output.reshape(ncl), None,
-                                 effective_n_threads(n_threads))
-    return output
-
-
-def _check_forward_args(input, weight, bias, running_mean, running_var, training, momentum,
-                        eps, axis):
-    xdt = _check_input(input)
-    if input.ndim < 2:
-        raise ValueError(
-            f"expected at least 2D input (got {input.ndim}D input): "
-            "shape (N, C) or (N, C, L) with channels on axis 1")
-    axis = _check_axis(axis, input.ndim)
-    C = input.shape[axis]
-    for name, a in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        _check_channels(a, name, C, axis)
-    training = _check_training(training)
-    if training:
-        if (running_mean is None) != (running_var is None):
-            raise ValueError("running_mean and running_var must either both be None or "
-                             "neither be None")
-        _check_batch_size(input.shape, axis)
-        if running_mean is not None:
-            momentum = _check_momentum(momentum)
-            _check_writeable(running_mean, "running_mean")
-            _check_writeable(running_var, "running_var")
-        else:
-            _check_momentum(momentum, finite=False)
-    elif running_mean is None or running_var is None:
-        raise ValueError("running_mean and running_var must be defined in evaluation mode "
-                         "(training=False)")
-    else:
-        _check_momentum(momentum, finite=False)
-    eps = _check_eps(eps, training)
-    return xdt, training, momentum, eps, axis
+    return _forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
+                    axis, n_threads=n_threads, keep=False)[0]
 
 
 def batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum,
@@ -518,17 +623,10 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
         As :func:`batch_norm`; also when ``out`` has the wrong type, dtype, shape or
         layout, is read-only, or overlaps ``input``.
     """
-    output = _eval_fast(input, weight, bias, running_mean, running_var, training, momentum,
-                        eps, axis, out, n_threads)
-    if output is not None:
-        return output, _EMPTY, _EMPTY
-    xdt, training, momentum, eps, axis = _check_forward_args(
-        input, weight, bias, running_mean, running_var, training, momentum, eps, axis)
-    update = training and running_mean is not None
-    output, stats, _, _ = _forward(
-        input, xdt, weight, bias, running_mean, running_var, training, update, momentum,
-        eps, n_threads, out=out, axis=axis, keep=False)
-    if not training:
+    output, stats, _, _, _ = _forward(
+        input, weight, bias, running_mean, running_var, training, momentum, eps, axis,
+        out=out, n_threads=n_threads, keep=False)
+    if stats is None or stats.shape[0] != 3:  # evaluation: nothing for the backward
         return output, _EMPTY, _EMPTY
     return output, stats[0], stats[1]
 
@@ -585,15 +683,10 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         If shapes disagree, or statistics needed by the chosen formula are missing.
     """
     xdt = _check_input(input)
-    _check_input(grad_output, "grad_output")
     if input.ndim < 2:
         raise ValueError(f"expected at least 2D input (got {input.ndim}D input)")
-    if grad_output.shape != input.shape:
-        raise ValueError(f"grad_output must have the input's shape {input.shape}, "
-                         f"got {grad_output.shape}")
     axis = _check_axis(axis, input.ndim)
     C = input.shape[axis]
-    _check_channels(weight, "weight", C, axis)
     training = _check_training(training)
     if training:
         _check_channels(save_mean, "save_mean", C, axis)

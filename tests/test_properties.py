@@ -195,7 +195,7 @@ def build_functional(case):
 
 def param_dtype(p):
     """cybn computes every per-channel array in the compute dtype of the first one given
-    of running_mean, running_var, weight, bias (functional._param_dtype): a float64 weight
+    of running_mean, running_var, weight, bias (functional._per_channel): a float64 weight
     next to float32 running statistics is used rounded to float32."""
     for k in ("running_mean", "running_var", "weight", "bias"):
         if p[k] is not None:

@@ -201,10 +201,9 @@ def forward(x2, cdt, weight, bias, running_mean, running_var, training, factor, 
             f"{running_var.min()} with eps {eps}: sqrt({rv_name} + eps) would be NaN or 0")
     x = x2 if x2.dtype == cdt else x2.astype(cdt)
     try:
-        out, stats, saved, _ = F._forward(
-            x, F._COMPUTE[cdt], weight, bias, running_mean, running_var, training,
-            training and running_mean is not None, factor, eps, n_threads(), unbiased=False,
-            check_finite=training)
+        out, stats, saved, _, _ = F._forward(
+            x, weight, bias, running_mean, running_var, training, factor, eps,
+            n_threads=n_threads(), unbiased=False, check_finite=training, legacy=True)
     except ValueError as exc:
         channels = getattr(exc, "channels", None)  # set only for non-finite batches
         if channels is None:
