@@ -239,7 +239,7 @@ def test_functional_training_matches_oracle(case):
     n = x64.shape[0] * x64.shape[2]
     if n == 0:
         assert y.size == 0
-        if rm is not None:  # SPEC: an empty batch changes no state
+        if rm is not None:  # docs/semantics.md §10: an empty batch changes no state
             assert np.array_equal(rm, rm_before) and np.array_equal(rv, rv_before)
     else:
         y_ref, mean, invstd, var_u = forward_batch(x64, w64, b64, eps)
