@@ -1,5 +1,5 @@
-"""Shared helpers of the hardening tests (issue 5): hypothesis settings, memory layouts,
-presentations of an (N, C, L) batch to the modules, and error bounds.
+"""Shared helpers of the hardening tests (test_properties.py, test_stateful.py): hypothesis
+settings, memory layouts, presentations of an (N, C, L) batch to the modules, and error bounds.
 
 Hypothesis settings
 -------------------
@@ -114,7 +114,7 @@ def memory_order(a):
 
 
 def same_layout(out, inp):
-    """SPEC: the output follows the input's layout where the input is (permuted-)
+    """docs/semantics.md §9: the output follows the input's layout where the input is (permuted-)
     contiguous, else it is C order."""
     order = memory_order(inp)
     if order is None:

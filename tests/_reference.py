@@ -1,8 +1,8 @@
 """Plain float64 NumPy oracle for the cybn test suite.
 
 Nothing in here imports cybn or torch.  Every formula is written out from
-/work/shared/reference/torch_semantics.md (sections 3-5) in the most direct
-way, in float64, with two passes (mean first, then the squared deviations).
+docs/semantics.md (§3-§5) in the most direct way, in float64, with two
+passes (mean first, then the squared deviations).
 
 Statistics are taken over every axis except axis 1: axis 0 for (N, C) and
 axes (0, 2) for (N, C, L).  ``n`` is the number of elements per channel.
@@ -150,7 +150,7 @@ def update_running(running_mean, running_var, mean, var_u, factor):
 
 
 # --------------------------------------------------------------------------
-# backward (torch_semantics.md section 5, the xhat form)
+# backward (docs/semantics.md §5, the xhat form)
 # --------------------------------------------------------------------------
 
 
@@ -401,7 +401,8 @@ def iter_arrays(obj, _seen=None):
 
 
 # --------------------------------------------------------------------------
-# golden vectors (torch_semantics.md; values as printed there)
+# golden vectors (docs/semantics.md §3 and §5; values as printed there, and
+# test_reference_sanity.py checks that the doc prints exactly these)
 # --------------------------------------------------------------------------
 
 T1_X = np.array([[1.0, 2.0], [3.0, 6.0], [5.0, 10.0]])
@@ -429,7 +430,7 @@ T3_BATCHES = [np.array([[0.0], [2.0]]), np.array([[4.0], [8.0]]), np.array([[10.
 T3_RM = [1.0, 3.5, 5.6667]  # printed to 5 significant digits
 T3_RV = [2.0, 5.0, 3.3333]
 
-# T4: the zero-variance channel vector of section 5 (not numbered in the notes).
+# T4: the zero-variance channel vector of docs/semantics.md §5.
 T4_X = np.array([[1.0, 2.0], [1.0, 3.0], [1.0, 4.0]])
 T4_DY = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
 T4_DX_CH0 = np.array([-316.2277, 0.0, 316.2277])  # printed truncated to 4 decimals

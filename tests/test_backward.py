@@ -1,4 +1,4 @@
-"""BatchNorm1d.backward: golden vectors T4-T6, the float64 oracle (section 5
+"""BatchNorm1d.backward: golden vectors T4-T6, the float64 oracle (docs/semantics.md §5
 formulas written independently in _reference.py) and central finite
 differences of the scalar loss sum(y * g) with a random g.
 

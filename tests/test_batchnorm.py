@@ -1,6 +1,6 @@
 """cybn.BatchNorm1d: construction, forward (train/eval), running statistics,
 flags, N == 0, state_dict, repr -- checked against the float64 oracle in
-_reference.py and the golden vectors of torch_semantics.md.
+_reference.py and the golden vectors of docs/semantics.md.
 
 Tolerances (see _reference.TOL): float64 rtol 1e-12 / atol 1e-12*|max|;
 float32 rtol 1e-5 / atol 1e-5*|max|; float16 2e-3.  Golden vectors are printed
@@ -238,7 +238,7 @@ def test_train_eval_return_self():
 
 
 # --------------------------------------------------------------------------
-# repr (torch_semantics section 1, verbatim)
+# repr (docs/semantics.md §1, verbatim)
 # --------------------------------------------------------------------------
 
 
@@ -601,7 +601,7 @@ def test_float16_input_float32_module(rng, shape):
 
 
 # --------------------------------------------------------------------------
-# NaN / Inf propagation (torch_semantics section 7)
+# NaN / Inf propagation (docs/semantics.md §7)
 # --------------------------------------------------------------------------
 
 
@@ -735,7 +735,7 @@ def test_constant_channel_exact_over_many_blocks(shape, dtype):
 
 
 # --------------------------------------------------------------------------
-# accuracy beyond torch (torch_semantics section 8)
+# accuracy beyond torch (docs/semantics.md §8)
 # --------------------------------------------------------------------------
 
 
@@ -1007,7 +1007,7 @@ def test_load_version2_metadata_without_nbt_is_missing():
 
 
 def test_state_dict_values_track_the_module(rng):
-    """torch_semantics section 6: a fetched state_dict sees later forwards."""
+    """docs/semantics.md §6: a fetched state_dict sees later forwards."""
     m = cybn.BatchNorm1d(3, dtype=np.float64)
     sd = m.state_dict()
     m(rng.standard_normal((5, 3)) + 2)

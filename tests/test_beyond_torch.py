@@ -1,4 +1,5 @@
-"""BatchNorm2d/3d, any channel axis, inference folding, .npz save/load (issue 6).
+"""BatchNorm2d/3d, any channel axis, inference folding, .npz save/load: the beyond-torch
+features (docs/semantics.md §10, README "Beyond torch for NumPy users").
 
 Every numeric check is against the float64 oracle in _reference.py (applied to an
 (N, C, rest) reshape of the input) and, where torch has the feature, against torch.

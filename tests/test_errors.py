@@ -1,9 +1,10 @@
-"""Every error of SPEC.md "Errors" and torch_semantics.md section 2: type and
+"""Every error of docs/errors.md and docs/semantics.md §2: type and
 key phrases, and -- for every failing call -- that NO state changed:
 weight, bias, running_mean, running_var, num_batches_tracked, grad_weight,
 grad_bias are bit-identical to copies taken before, and a following
 backward(g0) still reproduces the result of the last successful forward.
-(Unlike torch, cybn must not bump num_batches_tracked on a failing call.)"""
+(Unlike torch, cybn must not bump num_batches_tracked on a failing call:
+docs/semantics.md §10.)"""
 
 import re
 

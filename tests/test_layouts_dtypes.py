@@ -5,7 +5,7 @@ read-only, unaligned, zero-stride broadcast) must give the C-contiguous
 result to tight tolerance (float64 1e-13*|max|, float32/float16 one or two
 ulps: 1e-6 / 1e-3), match the float64 oracle, never modify the input, and
 produce an output whose layout follows the input when the input is
-(permuted-)contiguous and is C order otherwise (SPEC.md)."""
+(permuted-)contiguous and is C order otherwise (docs/semantics.md §9)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Non-finite values (torch_semantics.md section 7) and ``check_finite``.
+"""Non-finite values (docs/semantics.md §7) and ``check_finite``.
 
 By default NaN and Inf propagate exactly as in torch:
 
@@ -74,7 +74,7 @@ def _same(a, b, dtype, what, tol=TOL):
 
 
 # ---------------------------------------------------------------------------------------
-# default: propagation (section 7), without torch
+# default: propagation (docs/semantics.md §7), without torch
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])

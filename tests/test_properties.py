@@ -1,8 +1,17 @@
 """Property-based tests (hypothesis) of cybn against the float64 oracle (_reference.py).
 
-Random shapes -- N = 0, N = 1 (evaluation), C = 0 and 1, L = 0 and 1, C in the thousands
-(around the 1024 channels of a tile), sizes around the unroll widths (4, 8) and around the
-serial/parallel threshold (one tile = 65536 elements), L above one tile -- random dtypes of
+Random shapes, chosen around the blocking of cybn/_kernels_impl.pxi (the kernels see a
+C-contiguous (N, C, L); 2-D and channels-last input arrive with L = 1) -- N = 0, N = 1
+(evaluation), C = 0 and 1, L = 0 and 1; N from 1 to 40 with C and L up to 17 (and C of
+31-33, 63-65), i.e. every remainder of the GROUP = 4 rows combined at a time and column
+vectors (C * L) around the SIMD widths, on the short-run path (L < COLUMNS_MAX_L = 64);
+C in the thousands (several channel tiles of TILE_CHANNELS // L channels, TILE_CHANNELS =
+1024); N * C * L around one tile (TILE_ELEMS = 65536 elements: serial vs parallel); L
+above one tile (65535-70001, C <= 2), the contiguous-runs path, with run remainders of 0,
+1, 49 and 63 elements against its GROUP * LANES = 4 * 16 blocks. Not reached here: L from
+18 to 65534 (the switch at COLUMNS_MAX_L, runs shorter than a tile), the runs path with
+more than CHANNEL_GROUP = 16 channels, and the channel-slab path (test_kernel_builds.py
+runs those, for equality of the two builds only) -- random dtypes of
 the input and of the parameters, memory layouts (C, Fortran, channels-last, strided,
 negative strides, transposed views, read-only), momentum (None, 0, 1, in between and
 outside [0, 1]), eps, affine, bias, track_running_stats, n_threads, the channel axis and the
@@ -80,7 +89,7 @@ def ncl_shapes(draw):
     event(f"shape family: {kind}")
     if kind == "small":
         return draw(st.integers(0, 9)), draw(st.integers(1, 9)), draw(st.integers(1, 6))
-    if kind == "vector":  # around the 4- and 8-wide unrolls and SIMD widths
+    if kind == "vector":  # remainders of the GROUP = 4 row blocks, columns around SIMD widths
         widths = list(range(1, 18)) + [31, 32, 33, 63, 64, 65]
         return (draw(st.integers(1, 40)), draw(st.sampled_from(widths)),
                 draw(st.sampled_from(list(range(1, 10)) + [15, 16, 17])))
@@ -239,7 +248,7 @@ def test_functional_training_matches_oracle(case):
     n = x64.shape[0] * x64.shape[2]
     if n == 0:
         assert y.size == 0
-        if rm is not None:  # SPEC: an empty batch changes no state
+        if rm is not None:  # docs/semantics.md §10: an empty batch changes no state
             assert np.array_equal(rm, rm_before) and np.array_equal(rv, rv_before)
     else:
         y_ref, mean, invstd, var_u = forward_batch(x64, w64, b64, eps)

@@ -1,7 +1,13 @@
 """Check the oracle itself (tests/_reference.py) against the golden vectors
-T1-T6 of torch_semantics.md and against finite differences.  No cybn here:
-if these fail, every other verdict of the suite is void."""
+T1-T6 of docs/semantics.md (§3 and §5) and against finite differences, and
+check that the vectors printed in docs/semantics.md are the ones the tests use.
+No cybn here: if these fail, every other verdict of the suite is void."""
 
+import ast
+import os
+import re
+
+import _reference
 import numpy as np
 import pytest
 from _reference import (
@@ -224,3 +230,42 @@ def test_iter_arrays_walks_containers():
 
     found = list(iter_arrays(({"k": a}, [b], Holder(), 3, "s")))
     assert any(f is a for f in found) and any(f is b for f in found) and any(f is c for f in found)
+
+
+# --------------------------------------------------------------------------
+# docs/semantics.md prints the golden vectors the tests use
+# --------------------------------------------------------------------------
+
+SEMANTICS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "semantics.md"
+)
+_FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+_ASSIGN = re.compile(r"^(T[1-6]_[A-Z0-9_]+) = (.+?)(?:\s+#.*)?$")
+
+
+def doc_golden_vectors(text):
+    """name -> value of every ``T<k>_NAME = <literal>`` line of the doc's python blocks."""
+    found = {}
+    for block in _FENCE.findall(text):
+        for line in block.splitlines():
+            m = _ASSIGN.match(line)
+            if m:
+                assert m.group(1) not in found, f"{m.group(1)} printed twice"
+                found[m.group(1)] = ast.literal_eval(m.group(2))
+            else:
+                assert not line.strip(), f"unparsed line in a golden-vector block: {line!r}"
+    return found
+
+
+def test_semantics_doc_golden_vectors_equal_the_tests():
+    if not os.path.exists(SEMANTICS):
+        pytest.skip("docs/semantics.md is not next to the tests (installed test copy)")
+    with open(SEMANTICS, encoding="utf-8") as f:
+        doc = doc_golden_vectors(f.read())
+    ref = {k: getattr(_reference, k) for k in dir(_reference) if re.match(r"T[1-6]_", k)}
+    assert sorted(doc) == sorted(ref), "golden vectors missing from the doc or the tests"
+    for name, value in doc.items():
+        expected = np.asarray(ref[name], dtype=np.float64)
+        got = np.asarray(value, dtype=np.float64)
+        assert got.shape == expected.shape, name
+        np.testing.assert_array_equal(got, expected, err_msg=name)  # exact: same numbers

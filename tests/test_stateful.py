@@ -192,7 +192,7 @@ class BatchNormMachine(RuleBasedStateMachine):
                 xp, _ = present(x, self.pres)
                 self.expect_failure(ValueError, lambda: m(xp), "NaN with check_finite")
                 return False
-            if not self.use_batch():  # evaluation: NaN stays in its element (section 7)
+            if not self.use_batch():  # eval: NaN stays in its element (docs/semantics.md §7)
                 x.flat[seed % x.size] = np.nan
         xp, _ = present(x, self.pres)
         xp = as_layout(xp, layout, readonly)

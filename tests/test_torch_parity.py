@@ -1,7 +1,7 @@
 """Parity with torch 2.13 (skipped as a whole when torch is not installed).
 
 Data are kept well conditioned (|mean|/std <= ~1, N <= 64) because torch's
-own float32 paths lose precision otherwise (torch_semantics.md section 8).
+own float32 paths lose precision otherwise (docs/semantics.md §8).
 Tolerances vs torch: float64 rtol 1e-10 / atol 1e-10*|max|;
 float32 rtol 1e-5 / atol 1e-5*|max| (torch itself is ~1e-6 off);
 float16 2e-3*|max|.  Never bitwise: torch depends on threads and layout."""
@@ -281,7 +281,7 @@ def test_F_batch_norm(rng, dtype, shape, training, affine):
 
 @pytest.mark.parametrize("momentum", [1.5, -0.5])
 def test_F_batch_norm_momentum_is_not_range_checked(rng, momentum):
-    """torch never range-checks momentum (torch_semantics section 1): it extrapolates."""
+    """torch never range-checks momentum (docs/semantics.md §1): it extrapolates."""
     x = rng.standard_normal((10, 3)) * 2 + 1
     rm, rv = np.zeros(3), np.ones(3)
     rm_t, rv_t = tt(rm).clone(), tt(rv).clone()
@@ -292,7 +292,8 @@ def test_F_batch_norm_momentum_is_not_range_checked(rng, momentum):
 
 
 def test_load_torch_state_dict_without_nbt_is_missing():
-    """A version-2 (torch) state_dict with num_batches_tracked deleted fails (section 6)."""
+    """A version-2 (torch) state_dict with num_batches_tracked deleted fails
+    (docs/semantics.md §6)."""
     sd = torch.nn.BatchNorm1d(2).state_dict()
     del sd["num_batches_tracked"]
     with pytest.raises(

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Bounds-checked and memory-checked runs of cybn (issue 5, "Hardening").
+# Bounds-checked and memory-checked runs of cybn (part of the hardening work, with the
+# property-based and stateful tests).
 #
 #   bash tools/sanitize.sh                 # CYBN_DEBUG=1 build + fast test subset
 #   bash tools/sanitize.sh --valgrind      # ... then valgrind memcheck on a small script
