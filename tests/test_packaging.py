@@ -23,6 +23,20 @@ def test_benchmark_is_not_installed():
     assert not leftovers, f"benchmark files in the installed package: {leftovers}"
 
 
+def test_every_cython_module_is_built():
+    # setup.py lists its extensions by hand: a new cybn/*.pyx must be added there
+    from cybn import _backend
+
+    src = os.path.join(ROOT, "cybn")
+    if not os.path.isdir(src):
+        pytest.skip("no cybn/ sources next to tests/")
+    stems = {f[:-4] for f in os.listdir(src) if f.endswith(".pyx")}
+    if "avx2" not in _backend.kernels_info()["built"]:
+        stems.discard("_kernels_avx2")  # not an x86-64 build, or CYBN_AVX2=0
+    missing = [s for s in sorted(stems) if importlib.util.find_spec(f"cybn.{s}") is None]
+    assert not missing, f"cybn/*.pyx not built (add them to setup.py): {missing}"
+
+
 def _constant(path, name):
     """The literal value assigned to `name` at module level in `path` (not imported)."""
     with open(path, encoding="utf-8") as f:

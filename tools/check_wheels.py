@@ -239,7 +239,7 @@ class Checks:
         tools = self.tools()
         dist = os.path.join(self.work, "dist")
         # What the sdist must hold, listed before building (the tree may change meanwhile).
-        want = ["LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in",
+        want = ["LICENSE", "README.md", "pyproject.toml", "setup.py", "build_support.py", "MANIFEST.in",
                 "cybn/py.typed", "tests/conftest.py", "tools/wheel_smoke.py"]
         for pattern in ("cybn/*.pyx", "cybn/*.pxd", "cybn/*.pxi", "cybn/*.pyi", "cybn/*.py",
                         "tests/*.py"):
