@@ -797,7 +797,7 @@ def load_targets(path=DOCS):
     """[(label, predicate(shape, nbytes, op), versus, limit)] from docs/benchmarks.md."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    m = re.search(r"^## Targets\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    m = re.search(r"^## Targets\n(.*?)(?=^## |\Z)", text, re.DOTALL | re.MULTILINE)
     if m is None:
         raise ValueError(f"{path} has no '## Targets' section")
     versus_names = {label.lower(): name for name, label in LABELS.items() if name != "cybn"}
