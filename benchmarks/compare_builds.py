@@ -12,10 +12,10 @@ compiles it as the package ``cybn_old`` (same compiler flags as setup.py's relea
 ``benchmarks/.old/`` (ignored by git). The comparison then imports both, checks that they
 return bitwise-identical results for each case, and times them round-robin.
 
-Cases: the shapes of ``cybn.bench`` (its DEFAULT_SHAPES), float32 and float64, training
-forward, backward (all three gradients) and evaluation forward through
-``cybn.functional``, at 1 and 2 threads; plus the legacy-code calls of
-``benchmarks/legacy.py`` (``cybn.compat``), which are where per-call overhead shows.
+Cases: the shapes of ``benchmarks/compare.py`` (SHAPES below, equal to its DEFAULT_SHAPES:
+every kernel schedule), float32 and float64, training forward, backward (all three gradients)
+and evaluation forward through ``cybn.functional``, at 1 and 2 threads; plus the legacy-code
+calls of ``benchmarks/legacy.py`` (``cybn.compat``), which are where per-call overhead shows.
 """
 
 import argparse
@@ -35,8 +35,15 @@ from _timing import medians  # noqa: E402
 ROOT = os.path.dirname(HERE)
 OLD_DIR = os.path.join(HERE, ".old")
 
-SHAPES = ((2, 3), (32, 64), (256, 512), (4096, 1024), (65536, 256), (64, 256, 1024),
-          (8, 64, 16384), (1024, 3, 224))
+# The shapes of compare.py's DEFAULT_SHAPES (kept equal by hand: importing compare.py here
+# would pull its whole harness in). Schedules of cybn/_kernels_impl.pxi, (N, C, L) view:
+SHAPES = (
+    (2, 3), (32, 64), (256, 512), (4096, 1024), (65536, 256),  # columns, L = 1 (2-D)
+    (16384, 64, 4), (2048, 32, 49),  # columns, 1 < L < 64 (short runs, a 7x7 map)
+    (64, 256, 1024),  # runs, L >= 64
+    (8, 64, 16384),  # channel slab: C >= 8, L*itemsize >= 32 KiB, N*L*itemsize <= 1 MiB
+    (1024, 3, 224),  # runs (C < 8: no slab)
+)
 BUILD_OLD = r'''
 from setuptools import setup, Extension
 from Cython.Build import cythonize
@@ -60,7 +67,7 @@ def build_old(rev):
         shutil.rmtree(OLD_DIR, ignore_errors=True)
         os.makedirs(OLD_DIR)
         shutil.copytree(os.path.join(tmp, "cybn"), os.path.join(OLD_DIR, "cybn_old"),
-                        ignore=shutil.ignore_patterns("*.so", "*.c", "_sol.pyx", "__pycache__"))
+                        ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"))
         with open(os.path.join(OLD_DIR, "build_old.py"), "w") as f:
             f.write(BUILD_OLD)
         subprocess.run([sys.executable, "build_old.py"], cwd=OLD_DIR, check=True)

@@ -10,7 +10,8 @@ Checks (one line each, then "N passed, N failed"; exit status 1 if any failed):
 
 1. sdist, then the wheel from that sdist, both in isolated build environments; the sdist has
    the Cython sources, stubs, tests and licence and no generated C; the wheel has the
-   compiled modules, stubs, py.typed and the build record, and no .pyx/.pxd/.c.
+   compiled modules, stubs, py.typed and the build record, and no .pyx/.pxd/.c and no
+   benchmark code (bench*, _sol*).
 2. auditwheel repair (pyproject's Linux repair command) gives a manylinux_* wheel with
    libgomp vendored under cybn.libs/, and the extension modules load it from there.
 3. The repaired wheel in fresh venvs with the oldest NumPy for this Python (from the
@@ -238,7 +239,7 @@ class Checks:
         tools = self.tools()
         dist = os.path.join(self.work, "dist")
         # What the sdist must hold, listed before building (the tree may change meanwhile).
-        want = ["LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in",
+        want = ["LICENSE", "README.md", "pyproject.toml", "setup.py", "build_support.py", "MANIFEST.in",
                 "cybn/py.typed", "tests/conftest.py", "tools/wheel_smoke.py"]
         for pattern in ("cybn/*.pyx", "cybn/*.pxd", "cybn/*.pxi", "cybn/*.pyi", "cybn/*.py",
                         "tests/*.py"):
@@ -273,6 +274,9 @@ class Checks:
         expect(any(n.endswith(".dist-info/licenses/LICENSE") for n in wnames), "wheel lacks LICENSE")
         bad = [n for n in wnames if n.endswith((".pyx", ".pxd", ".pxi", ".c", ".html"))]
         expect(not bad, f"wheel contains sources {bad}")
+        # only what users import: the benchmark lives in benchmarks/ (docs/benchmarks.md)
+        bench = [n for n in wnames if re.search(r"(^|/)(bench|_sol)[^/]*$", n)]
+        expect(not bench, f"wheel contains benchmark code {bench}")
         self.state.update(sdist=sdists[0], wheel=wheels[0])
         return (f"{os.path.basename(sdists[0])} ({len(names)} files) -> "
                 f"{os.path.basename(wheels[0])} ({len(compiled)} compiled modules)")

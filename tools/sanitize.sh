@@ -159,7 +159,7 @@ for blk in blocks:
     if not any(k in blk for k in kinds):
         continue
     # frames in cybn's extension modules (not the "cybn-sanitize" work directory's path)
-    if re.search(r"site-packages/cybn/|\b_kernels(_avx2)?\.c|\b_cpu\.c|\b_openmp\.c|\b_sol\.c", blk):
+    if re.search(r"site-packages/cybn/|\b_kernels(_avx2)?\.c|\b_cpu\.c|\b_openmp\.c", blk):
         ours.append(blk)
     else:
         other += 1

@@ -1,4 +1,8 @@
-"""Benchmark cybn on this machine: ``python -m cybn.bench`` (``--help`` for the options).
+"""Benchmark cybn on this machine: ``python benchmarks/compare.py`` (``--help`` for the options).
+
+Run from a checkout against the installed cybn (the script's directory, not the checkout root,
+is first on sys.path, so the checkout's uncompiled ``cybn/`` does not shadow the install).
+Formerly ``python -m cybn.bench``: the benchmark is not part of the installed package.
 
 For each shape, dtype, thread count and op (training forward, backward with all three
 gradients, evaluation forward) it times, side by side in one process:
@@ -8,14 +12,16 @@ gradients, evaluation forward) it times, side by side in one process:
   on CPU (when PyTorch is installed, unless ``--no-torch``);
 * **NumPy** -- a plain vectorised implementation (:func:`numpy_forward_train`,
   :func:`numpy_backward`, :func:`numpy_forward_eval`), single-threaded;
-* **SoL** ("speed of light") -- streaming loops (``cybn._sol``) that move the op's two-pass
-  memory traffic into a fresh NumPy output: training forward 2 reads + 1 write, backward
-  4 reads + 1 write, evaluation 1 read + 1 write.
+* **SoL** ("speed of light") -- streaming loops (``_sol``: benchmarks/_sol.pyx, compiled on
+  first use into benchmarks/.build/ by build_sol.py with the kernels' flags) that move the
+  op's two-pass memory traffic into a fresh NumPy output: training forward 2 reads + 1
+  write, backward 4 reads + 1 write, evaluation 1 read + 1 write.
 
 Method
 ------
-Every (shape, dtype, threads) case runs in a fresh child process (``python -m cybn.bench
---child JSON``), so that no case inherits another's heap. In the child, inputs are built
+Every (shape, dtype, threads) case runs in a fresh child process (``compare.main(["--child",
+JSON])``, see _CHILD_BOOT; ``python benchmarks/compare.py --child JSON`` runs one case by
+hand), so that no case inherits another's heap. In the child, inputs are built
 once from a fixed seed; every candidate is checked against a float64 NumPy reference
 (relative to max|reference|: 1e-4 for float32, 1e-9 for float64; failures are flagged in
 the table), warmed up, and then the candidates are timed round-robin (the starting
@@ -28,6 +34,9 @@ cybn gets the thread count through ``n_threads=``, torch through ``torch.set_num
 the SoL loops through their own argument (with more than 1 thread, the SoL is the faster of
 1 thread and that many threads).
 NumPy is single-threaded for these ops.
+
+The targets the report checks at the end are the table under "## Targets" in
+docs/benchmarks.md (read at run time, see load_targets), not constants of this script.
 """
 
 from __future__ import annotations
@@ -39,11 +48,17 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DOCS = os.path.join(os.path.dirname(HERE), "docs", "benchmarks.md")
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)  # build_sol, also when this file is imported as a module
 
 OPS = ("fwd_train", "bwd", "fwd_eval")
 OP_ALIASES = {"train": "fwd_train", "fwd": "fwd_train", "backward": "bwd", "eval": "fwd_eval"}
@@ -52,11 +67,24 @@ OP_TRAFFIC = {"fwd_train": "2R+1W", "bwd": "4R+1W", "fwd_eval": "1R+1W"}
 CANDIDATES = ("cybn", "torch", "numpy", "sol")
 LABELS = {"cybn": "cybn", "torch": "torch", "numpy": "NumPy", "sol": "SoL"}
 
+# The kernels pick one of three schedules from the (N, C, L) view (2-D input: L = 1):
+# "columns" for L < 64, "runs" for L >= 64, "channel slab" for C >= 8 with L * itemsize
+# >= 32 KiB and N * L * itemsize <= 1 MiB (cybn/_kernels_impl.pxi). Every one is timed:
 DEFAULT_SHAPES = (
-    (2, 3), (32, 64), (256, 512), (4096, 1024), (65536, 256),
-    (64, 256, 1024), (8, 64, 16384), (1024, 3, 224),
+    (2, 3),             # columns, L = 1: per-call overhead
+    (32, 64),           # columns, L = 1
+    (256, 512),         # columns, L = 1
+    (4096, 1024),       # columns, L = 1: 16 MiB float32
+    (65536, 256),       # columns, L = 1: tall and narrow
+    (16384, 64, 4),     # columns, 1 < L < 64: short runs (16 MiB float32)
+    (2048, 32, 49),     # columns, 1 < L < 64: a 7x7 feature map
+    (64, 256, 1024),    # runs: L >= 64, slab too large (N * L * itemsize > 1 MiB)
+    (8, 64, 16384),     # channel slab (float32 and float64)
+    (1024, 3, 224),     # runs: C < 8, no slab
 )
-QUICK_SHAPES = ((32, 64), (256, 512), (4096, 1024), (8, 64, 16384), (1024, 3, 224))
+# every schedule at least once
+QUICK_SHAPES = ((32, 64), (256, 512), (4096, 1024), (2048, 32, 49), (8, 64, 16384),
+                (1024, 3, 224))
 DEFAULT_DTYPES = ("float32", "float64")
 QUICK_DTYPES = ("float32",)
 
@@ -153,6 +181,7 @@ class _Case:
         self.t = int(spec["threads"])
         self.use_torch = spec["torch"]
         self.use_numpy = spec["numpy"]
+        self.use_sol = spec.get("sol", True)
         self.ops = spec["ops"]
         rng = np.random.default_rng(SEED)
         dt = self.dtype
@@ -300,7 +329,7 @@ class _Case:
         return run, lambda: {"y": run().numpy()}
 
     def sol(self, op, threads=None):
-        from cybn import _sol
+        import _sol  # benchmarks/.build (build_sol.py), on sys.path in parent and child
         t = self.t if threads is None else threads
         cname = "float" if self.dtype == np.float32 else "double"
         x = self.x
@@ -337,6 +366,8 @@ class _Case:
         if self.use_numpy:
             names.append("numpy")
         out = [(name, getattr(self, name)) for name in names]
+        if not self.use_sol:
+            return out
         out.append(("sol", self.sol))
         if self.t > 1:
             # the SoL is the faster of 1 thread and t threads (small arrays do not pay for a
@@ -551,15 +582,17 @@ def _parse_threads(text):
 
 def _build_parser():
     p = argparse.ArgumentParser(
-        prog="python -m cybn.bench",
+        prog="python benchmarks/compare.py",
         description="Time cybn's batch norm against plain NumPy, PyTorch (CPU) and a "
                     "streaming 'speed of light' on this machine; print a Markdown report.",
         epilog="Shapes are written NxC or NxCxL, e.g. --shapes 256x512,8x64x16384. "
                "Progress goes to stderr, the report to stdout.")
     p.add_argument("--quick", action="store_true",
-                   help="a short run (float32, 5 shapes, fewer rounds; about a minute)")
+                   help=f"a short run (float32, {len(QUICK_SHAPES)} shapes, fewer rounds; "
+                        "about a minute)")
     p.add_argument("--shapes", type=_parse_shapes, default=None,
-                   help="comma-separated shapes (default: the 8 standard shapes)")
+                   help=f"comma-separated shapes (default: the {len(DEFAULT_SHAPES)} standard "
+                        "shapes, which take every kernel schedule)")
     p.add_argument("--dtypes", type=_parse_list(DEFAULT_DTYPES, {"f32": "float32",
                                                                  "f64": "float64"}),
                    default=None, help="float32,float64 (default: both; --quick: float32)")
@@ -577,6 +610,8 @@ def _build_parser():
     p.add_argument("--no-numpy", action="store_true",
                    help="do not time the NumPy reference (it is still the correctness "
                         "oracle)")
+    p.add_argument("--no-sol", action="store_true",
+                   help="do not build and time the speed-of-light loops (no compiler needed)")
     p.add_argument("--timeout", type=float, default=900.0, metavar="S",
                    help="seconds before a case's child process is killed (default 900)")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -613,22 +648,27 @@ def _openmp_pools(threadpools):
     return [p for p in threadpools or [] if p.get("user_api") == "openmp"]
 
 
-# The child is `python -m cybn.bench --child JSON`, except that torch is imported before
-# cybn when it is timed: `-m cybn.bench` would import cybn (and map the system libgomp.so.1)
-# first, and torch would then run on that copy instead of the libgomp it ships. With torch
-# first, cybn's libgomp.so.1 resolves to torch's copy: one OpenMP runtime, the one torch
-# was built with (as in the anchors of docs/benchmarks.md). The report names the runtime.
+# The child is `python benchmarks/compare.py --child JSON` in effect, except that torch is
+# imported before cybn when it is timed: this script imports cybn (and maps the system
+# libgomp.so.1) first, and torch would then run on that copy instead of the libgomp it
+# ships. With torch first, cybn's libgomp.so.1 resolves to torch's copy: one OpenMP runtime,
+# the one torch was built with (as in the anchors of docs/benchmarks.md). The report names
+# the runtime. sys.path is the parent's: this directory first, instead of the current
+# directory `-c` would put there (a checkout's uncompiled cybn/ must not shadow the install).
 _CHILD_BOOT = """import sys
+if sys.path and sys.path[0] in ("", "."):
+    del sys.path[0]
+sys.path.insert(0, sys.argv[3])
 if sys.argv[1] == "torch":
     import torch
-from cybn.bench import main
+from compare import main
 sys.exit(main(["--child", sys.argv[2]]))
 """
 
 
 def _interpreter_flags():
     """The parent's interpreter flags (-P, -I, -E, -s, ...), so that a child resolves
-    ``import cybn`` exactly as the parent did (e.g. ``python -P -m cybn.bench`` in a clone)."""
+    ``import cybn`` exactly as the parent did."""
     try:
         return subprocess._args_from_interpreter_flags()
     except AttributeError:  # private helper (used by multiprocessing); absent elsewhere
@@ -637,7 +677,7 @@ def _interpreter_flags():
 
 def _run_case(spec, timeout):
     cmd = [sys.executable, *_interpreter_flags(), "-c", _CHILD_BOOT,
-           "torch" if spec["torch"] else "-", json.dumps(spec)]
+           "torch" if spec["torch"] else "-", json.dumps(spec), HERE]
     try:
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True,
                               timeout=timeout)
@@ -724,32 +764,70 @@ def _nbytes(res):
     return math.prod(spec["shape"]) * (4 if spec["dtype"] == "float32" else 8)
 
 
-TARGETS = (
-    # (label, predicate(shape, nbytes, op), versus, limit)
-    ("fwd_train and fwd_eval, arrays ≥ 16 MiB: cybn ÷ torch",
-     lambda s, nb, op: nb >= 16 << 20 and op in ("fwd_train", "fwd_eval"), "torch", 0.5),
-    ("fwd_train and fwd_eval, arrays ≥ 16 MiB: cybn ÷ SoL",
-     lambda s, nb, op: nb >= 16 << 20 and op in ("fwd_train", "fwd_eval"), "sol", 1.2),
-    ("bwd, arrays ≥ 16 MiB: cybn ÷ torch",
-     lambda s, nb, op: nb >= 16 << 20 and op == "bwd", "torch", 0.6),
-    ("bwd, arrays ≥ 16 MiB: cybn ÷ SoL",
-     lambda s, nb, op: nb >= 16 << 20 and op == "bwd", "sol", 1.2),
-    ("fwd_train, (N, C, L) with L > 1: cybn ÷ torch",
-     lambda s, nb, op: len(s) == 3 and s[2] > 1 and op == "fwd_train", "torch", 0.3),
-    ("fwd_train, (1024, 3, 224): cybn ÷ torch",
-     lambda s, nb, op: s == (1024, 3, 224) and op == "fwd_train", "torch", 0.3),
-    ("bwd, (1024, 3, 224): cybn ÷ torch",
-     lambda s, nb, op: s == (1024, 3, 224) and op == "bwd", "torch", 0.6),
-    ("every op, arrays < 64 KiB: cybn ÷ torch",
-     lambda s, nb, op: nb < 64 << 10, "torch", 1.0),
-    ("every op, shapes ≥ (256, 512) elements: cybn ÷ NumPy",
-     lambda s, nb, op: math.prod(s) >= 256 * 512, "numpy", 0.2),
-)
+# The targets are the table under "## Targets" in docs/benchmarks.md (columns: ops, cases,
+# cybn ÷, limit), read when the report is written. A case condition is `all`,
+# `shape (N, C, L)`, or `size|elements|L <op> number [B|KiB|MiB|GiB]` (L = product of the
+# trailing dimensions, 1 for 2-D input), several joined with " and ".
+_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+_COMPARE = {"<": float.__lt__, ">": float.__gt__, "<=": float.__le__, "≤": float.__le__,
+            ">=": float.__ge__, "≥": float.__ge__, "=": float.__eq__}
 
 
-def _targets(results, t_all):
+def _condition(text):
+    """predicate(shape, nbytes) of one case condition of the targets table."""
+    m = re.fullmatch(r"shape\s*\(([\d,\s]+)\)", text)
+    if m:
+        want = tuple(int(d) for d in m.group(1).split(",") if d.strip())
+        return lambda shape, nb: shape == want
+    m = re.fullmatch(r"(size|elements|L)\s*(<=|>=|[<>=≤≥])\s*([\d\s×x*]+?)\s*(B|KiB|MiB|GiB)?",
+                     text)
+    if not m:
+        raise ValueError(f"target case {text!r}: expected 'all', 'shape (N, C, L)' or "
+                         "'size|elements|L <op> number [unit]'")
+    what, op, number, unit = m.groups()
+    value = float(math.prod(int(d) for d in re.split(r"[\s×x*]+", number.strip()) if d)
+                  * _UNITS[unit or "B"])
+    compare = _COMPARE[op]
+    measure = {"size": lambda shape, nb: nb, "elements": lambda shape, nb: math.prod(shape),
+               "L": lambda shape, nb: math.prod(shape[2:])}[what]
+    return lambda shape, nb: compare(float(measure(shape, nb)), value)
+
+
+def load_targets(path=DOCS):
+    """[(label, predicate(shape, nbytes, op), versus, limit)] from docs/benchmarks.md."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    m = re.search(r"^## Targets\n(.*?)(?=^## |\Z)", text, re.DOTALL | re.MULTILINE)
+    if m is None:
+        raise ValueError(f"{path} has no '## Targets' section")
+    versus_names = {label.lower(): name for name, label in LABELS.items() if name != "cybn"}
+    targets = []
+    for line in m.group(1).splitlines():
+        if not line.startswith("|"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or cells[0] == "ops" or set(cells[0]) <= set("-: "):
+            continue
+        ops_text, cases, versus_text, limit_text = cells
+        ops = set(OPS) if ops_text == "all" else {o.strip() for o in ops_text.split(",")}
+        if not ops <= set(OPS) or versus_text.lower() not in versus_names:
+            raise ValueError(f"{path}: target row {line!r}: ops must be 'all' or of "
+                             f"{', '.join(OPS)}; cybn ÷ one of {', '.join(versus_names)}")
+        conds = [] if cases == "all" else [_condition(c.strip()) for c in cases.split(" and ")]
+        limit = float(limit_text.lstrip("≤<= "))
+
+        def pred(shape, nb, op, ops=ops, conds=conds):
+            return op in ops and all(c(shape, nb) for c in conds)
+        label = f"{ops_text}, {'every case' if cases == 'all' else cases}: cybn ÷ {versus_text}"
+        targets.append((label, pred, versus_names[versus_text.lower()], limit))
+    if not targets:
+        raise ValueError(f"{path}: no rows in the '## Targets' table")
+    return targets
+
+
+def _targets(results, t_all, targets):
     rows = []
-    for label, pred, versus, limit in TARGETS:
+    for label, pred, versus, limit in targets:
         worst, where, n = None, None, 0
         for res in results:
             spec = res["spec"]
@@ -868,12 +946,20 @@ def _report(results, meta, args):
     lines.append(f"## Targets ({t_all} thread{'s' if t_all > 1 else ''}; time ratios, "
                  "lower is better)")
     lines.append("")
+    try:
+        targets = load_targets()
+    except (OSError, ValueError) as exc:
+        targets = f"the targets of docs/benchmarks.md could not be read: {exc}"
     if t_all not in thread_counts:
         lines.append(f"Not evaluated: no case ran with all threads ({t_all}).")
+    elif isinstance(targets, str):
+        lines.append(f"Not evaluated: {targets}.")
     else:
+        lines.append("The targets of docs/benchmarks.md:")
+        lines.append("")
         lines.append("| target | limit | verdict | worst ratio | worst case | cases |")
         lines.append("|---|---:|---|---:|---|---:|")
-        for label, limit, verdict, worst, where, n in _targets(results, t_all):
+        for label, limit, verdict, worst, where, n in _targets(results, t_all, targets):
             lines.append(f"| {label} | ≤ {limit} | {verdict} | {_fmt_ratio(worst)} "
                          f"| {where or '—'} | {n} |")
     lines.append("")
@@ -924,6 +1010,16 @@ def _report(results, meta, args):
 
 def main(argv=None):
     args = _build_parser().parse_args(argv)
+    if not args.no_sol:
+        # builds benchmarks/.build/_sol on first use (a child finds it up to date)
+        import build_sol
+        try:
+            build_sol.ensure()
+        except Exception as exc:  # noqa: BLE001 - no compiler, no Cython, a compile error
+            print(f"compare: cannot build the speed-of-light module ({type(exc).__name__}: "
+                  f"{exc}); install Cython and a C compiler, or pass --no-sol",
+                  file=sys.stderr)
+            return 2
     if args.child is not None:
         res = run_child(json.loads(args.child))
         sys.stdout.write(RESULT_TAG + json.dumps(res) + "\n")
@@ -954,16 +1050,16 @@ def main(argv=None):
             for t in threads:
                 cases.append({
                     "shape": list(shape), "dtype": dtype, "threads": t, "ops": args.ops,
-                    "torch": use_torch, "numpy": not args.no_numpy,
+                    "torch": use_torch, "numpy": not args.no_numpy, "sol": not args.no_sol,
                     "profile": "quick" if args.quick else "full", "repeat": args.repeat,
                 })
 
     load_start = _loadavg()
     busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > 0.5 * _usable_cpus()
     if busy:
-        print(f"cybn.bench: warning: the machine is busy (load average {load_start}); "
+        print(f"compare: warning: the machine is busy (load average {load_start}); "
               "times will be noisy, multi-threaded ones most", file=sys.stderr, flush=True)
-    print(f"cybn.bench: {len(cases)} cases ({len(shapes)} shapes x {len(dtypes)} dtypes x "
+    print(f"compare: {len(cases)} cases ({len(shapes)} shapes x {len(dtypes)} dtypes x "
           f"threads {threads}), ops {', '.join(args.ops)}"
           + ("" if use_torch else f"; torch {torch_note}"), file=sys.stderr, flush=True)
     results = []

@@ -1,4 +1,4 @@
-# "Speed of light" for the benchmark (python -m cybn.bench): plain streaming loops that move
+# "Speed of light" for the benchmark (benchmarks/compare.py): plain streaming loops that move
 # the same memory traffic as a two-pass batch norm and do (almost) no arithmetic.
 #
 #   stream_fwd_train   2 reads + 1 write : read x (sum), then read x again and write out
@@ -9,9 +9,10 @@
 # docs/benchmarks.md), so "cybn / SoL" says how close a kernel is to the machine's streaming
 # bandwidth. Arrays are flat C-contiguous views (the benchmark passes x.reshape(-1)); the
 # caller allocates `out` (a fresh np.empty_like per call in the benchmark, like the real
-# ops). Built with the kernels' flags and directives (setup.py applies them to every module;
-# -O3, no -ffast-math, no -march=native), so the loops get the same code generation
-# chances as cybn._kernels.
+# ops). Built as the top-level module _sol in benchmarks/.build/ by benchmarks/build_sol.py
+# with the installed cybn's flags and directives (from its build record: -O3,
+# -ffp-contract=off, OpenMP; no -ffast-math, no -march=native), so the loops get the same
+# code generation chances as cybn._kernels.
 #
 # The work is cut into fixed blocks of BLOCK_ELEMS elements, distributed with a static
 # schedule (each thread streams one contiguous stretch); inputs of a single block run

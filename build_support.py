@@ -1,0 +1,348 @@
+"""Build machinery for setup.py: OpenMP and AVX2 probes, flags, build record.
+
+setup.py lists the extension modules and passes ``cmdclass={"build_ext": CybnBuildExt}``;
+everything about *how* they are compiled is here. What the build does and the environment
+switches (CYBN_OPENMP, CYBN_REQUIRE_OPENMP, CYBN_AVX2, CYBN_DEBUG): docs/building.md.
+Not installed: it ships in the sdist (MANIFEST.in) and runs only at build time.
+"""
+
+import json
+import os
+import pprint
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError, LinkError, PlatformError
+
+# Release directives, applied to every module. CYBN_DEBUG=1 overrides DEBUG_DIRECTIVES.
+COMPILER_DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+    "nonecheck": False,
+    "autotestdict": False,  # else every module grows a __test__ dict missing from the stubs
+    "freethreading_compatible": True,  # a promise: kernels are pure nogil code
+    "embedsignature": True,
+    "binding": True,
+}
+DEBUG_DIRECTIVES = {"boundscheck": True, "wraparound": True, "initializedcheck": True}
+
+# The module compiled with AVX2 (x86-64 targets only), and its flags per compiler.
+AVX2_MODULE = "cybn._kernels_avx2"
+AVX2_ARGS = {"msvc": ["/arch:AVX2"]}
+AVX2_ARGS_DEFAULT = ["-mavx2"]
+
+# Compiled with and without OpenMP. Without it, _OPENMP is undefined and #error fires.
+OPENMP_PROBE_SOURCE = r"""
+#ifndef _OPENMP
+#error "_OPENMP is not defined: these flags do not enable OpenMP"
+#endif
+#include <omp.h>
+
+int cybn_openmp_probe(void)
+{
+    int n = 0;
+    #pragma omp parallel reduction(+:n)
+    n += 1;
+    return n + omp_get_max_threads();
+}
+"""
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_flag(name, default):
+    """Read a boolean environment switch; reject values that are neither true nor false."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise PlatformError(f"cybn: {name}={raw!r} is not understood; use 1 or 0")
+
+
+def _banner(message):
+    line = "=" * 78
+    print(f"\n{line}\n{message}\n{line}\n", flush=True)
+
+
+def _openmp_candidates(compiler_type):
+    """Return [(compile_args, link_args), ...] to try, most likely first."""
+    if compiler_type == "msvc":
+        return [(["/openmp"], [])]  # MSVC: compile flag only, vcomp is linked automatically
+    if sys.platform == "darwin":
+        env_flags = " ".join(os.environ.get(v, "") for v in ("CPPFLAGS", "CFLAGS"))
+        if "openmp" in env_flags:
+            # The environment carries the preprocessor flags and include dir. distutils links
+            # macOS extensions with "-undefined dynamic_lookup", so a link without the runtime
+            # would succeed anyway: make sure libomp is named.
+            link = [] if "omp" in os.environ.get("LDFLAGS", "") else ["-lomp"]
+            return [([], link)]
+        return [
+            (["-fopenmp"], ["-fopenmp"]),  # GCC or Homebrew/conda LLVM clang
+            (["-Xpreprocessor", "-fopenmp"], ["-lomp"]),  # Apple clang + libomp
+        ]
+    return [(["-fopenmp"], ["-fopenmp"])]  # GCC, LLVM clang, MinGW
+
+
+class CybnBuildExt(build_ext):
+    """build_ext that probes OpenMP, applies flags and directives, then cythonizes."""
+
+    def _probe(self, compile_args, link_args, source=OPENMP_PROBE_SOURCE):
+        """Compile and link `source` (default: the OpenMP probe) as a shared object; True if both
+        succeed.
+
+        Runs inside a temporary directory with a relative source path: with an absolute path
+        distutils would nest the object file under a copy of the temporary path.
+        """
+        old_cwd = os.getcwd()
+        tmpdir = tempfile.mkdtemp(prefix="cybn-probe-")
+        try:
+            os.chdir(tmpdir)
+            with open("cybn_probe.c", "w") as f:
+                f.write(source)
+            objects = self.compiler.compile(
+                ["cybn_probe.c"], output_dir=".", extra_postargs=compile_args
+            )
+            self.compiler.link_shared_object(
+                objects,
+                "cybn_probe" + (".pyd" if sys.platform == "win32" else ".so"),
+                output_dir=".",
+                extra_postargs=link_args,
+            )
+            return True
+        except (CompileError, LinkError, OSError):
+            return False
+        finally:
+            os.chdir(old_cwd)
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def _choose_openmp(self):
+        """Return (compile_args, link_args) for OpenMP, or None for a serial build."""
+        use_openmp = env_flag("CYBN_OPENMP", True)
+        require = env_flag("CYBN_REQUIRE_OPENMP", False)
+        if not use_openmp:
+            if require:
+                raise PlatformError(
+                    "cybn: CYBN_OPENMP=0 (serial build) contradicts CYBN_REQUIRE_OPENMP=1"
+                )
+            _banner("cybn: OpenMP DISABLED (serial build): CYBN_OPENMP=0 was set")
+            return None
+
+        tried = []
+        for compile_args, link_args in _openmp_candidates(self.compiler.compiler_type):
+            print(
+                f"cybn: probing OpenMP with compile args {compile_args}, link args {link_args}"
+                " (compiler errors below mean this candidate is unusable)",
+                flush=True,
+            )
+            if self._probe(compile_args, link_args):
+                _banner(
+                    f"cybn: OpenMP ENABLED (compile args {compile_args}, link args {link_args})"
+                )
+                return compile_args, link_args
+            tried.append(f"compile {compile_args} / link {link_args}")
+
+        reason = (
+            f"the {self.compiler.compiler_type!r} compiler could not compile and link an OpenMP"
+            f" test program with any of: {'; '.join(tried)}"
+        )
+        if require:
+            raise PlatformError(
+                f"cybn: OpenMP is required (CYBN_REQUIRE_OPENMP=1) but {reason}. Install an"
+                " OpenMP-capable compiler/runtime (GCC with libgomp; on macOS libomp, e.g. with"
+                " CPPFLAGS='-Xpreprocessor -fopenmp -I<libomp>/include' and"
+                " LDFLAGS='-L<libomp>/lib -lomp'), or unset CYBN_REQUIRE_OPENMP to accept a"
+                " serial build."
+            )
+        _banner(
+            f"cybn: OpenMP DISABLED (serial build): {reason}.\n"
+            "cybn will work but run single-threaded. Set CYBN_REQUIRE_OPENMP=1 to make this fatal."
+        )
+        return None
+
+    def _config_changed(self, config):
+        """Compare config with the one stored by the previous build in build_temp."""
+        stamp = os.path.join(self.build_temp, "cybn-build-config.json")
+        try:
+            with open(stamp) as f:
+                return json.load(f) != config
+        except (OSError, ValueError):
+            return True
+
+    def _store_config(self, config):
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(os.path.join(self.build_temp, "cybn-build-config.json"), "w") as f:
+            json.dump(config, f, indent=1, sort_keys=True)
+
+    def build_extensions(self):
+        import Cython
+        from Cython.Build import cythonize
+
+        debug = env_flag("CYBN_DEBUG", False)
+        openmp = self._choose_openmp()
+        omp_compile, omp_link = openmp if openmp is not None else ([], [])
+
+        directives = dict(COMPILER_DIRECTIVES)
+        if self.compiler.compiler_type == "msvc":
+            opt_args = ["/Od"] if debug else ["/O2"]
+        else:
+            # Never -ffast-math (NaN/Inf semantics must follow torch) nor -march=native (wheels).
+            # Contraction off: a fused multiply-add would change results between the baseline
+            # and AVX2 builds, and between x86-64 and aarch64 (GCC contracts by default).
+            opt_args = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"]
+            opt_args.append("-ffp-contract=off")
+        if debug:
+            directives.update(DEBUG_DIRECTIVES)
+            _banner(
+                "cybn: DEBUG build (CYBN_DEBUG=1): boundscheck, wraparound, initializedcheck on;"
+                f" {' '.join(opt_args)}"
+            )
+
+        avx2_args = self._choose_avx2()
+        if avx2_args is None:
+            # build_lib keeps the products of earlier builds, and everything in it goes into
+            # the wheel: an AVX2 module from a previous build of this tree must not ship
+            stale = self.get_ext_fullpath(AVX2_MODULE)
+            if os.path.exists(stale):
+                print(f"cybn: removing {stale}, left by an earlier build", flush=True)
+                os.remove(stale)
+
+        config = {
+            "avx2_args": avx2_args,
+            "cython": Cython.__version__,
+            "directives": directives,
+            "compile_args": opt_args + omp_compile,
+            "link_args": omp_link,
+            "compiler": getattr(self.compiler, "compiler_so", None) or self.compiler.compiler_type,
+        }
+        if self._config_changed(config):
+            self.force = True  # regenerate the C and recompile every module
+
+        for ext in self.extensions:
+            (cythonized,) = cythonize(
+                [ext],
+                compiler_directives=directives,
+                # Generated C lives in build_temp (per interpreter and platform), not in cybn/.
+                build_dir=os.path.join(self.build_temp, "cython"),
+                force=self.force,
+                quiet=False,
+            )
+            ext.sources = cythonized.sources
+            isa = avx2_args if ext.name == AVX2_MODULE else []
+            ext.extra_compile_args = [*ext.extra_compile_args, *opt_args, *omp_compile, *isa]
+            ext.extra_link_args = [*ext.extra_link_args, *omp_link]
+
+        super().build_extensions()
+        self._store_config(config)
+        self._write_build_record(
+            openmp=openmp is not None,
+            omp_compile=omp_compile,
+            omp_link=omp_link,
+            opt_args=opt_args,
+            debug=debug,
+            directives=directives,
+            cython_version=Cython.__version__,
+            kernel_builds=["baseline"] + (["avx2"] if avx2_args is not None else []),
+            avx2_args=avx2_args,
+        )
+
+    def _choose_avx2(self):
+        """Return the AVX2 compile args, or None after removing the AVX2 module from the build."""
+        ext = next((e for e in self.extensions if e.name == AVX2_MODULE), None)
+        if ext is None:  # not an x86-64 target, or CYBN_AVX2=0 (see setup.py)
+            return None
+        args = AVX2_ARGS.get(self.compiler.compiler_type, AVX2_ARGS_DEFAULT)
+        if self._probe(args, [], source="int cybn_avx2_probe(void) { return 0; }\n"):
+            print(f"cybn: building {AVX2_MODULE} with {args}", flush=True)
+            return args
+        self.extensions.remove(ext)
+        _banner(f"cybn: the compiler rejects {args}: {AVX2_MODULE} is not built;"
+                " cybn will run its baseline kernels on every CPU")
+        return None
+
+    def _compiler_description(self):
+        """(compiler type, executable, first line of `<cc> --version` or None)."""
+        ctype = self.compiler.compiler_type
+        exe = None
+        if ctype == "msvc":
+            exe = getattr(self.compiler, "cc", None)
+        else:
+            cmd = getattr(self.compiler, "compiler_so", None)
+            if cmd:
+                exe = cmd[0]
+        version = None
+        if exe and ctype != "msvc":
+            try:
+                out = subprocess.run(
+                    [exe, "--version"], capture_output=True, text=True, timeout=30, check=False
+                ).stdout
+                version = out.splitlines()[0].strip() if out.strip() else None
+            except (OSError, subprocess.SubprocessError):
+                version = None
+        return ctype, exe, version
+
+    def copy_extensions_to_source(self):
+        """In-place and editable builds: what build_extensions did to build_lib happens to the
+        source tree too (setuptools copies only the extension modules listed)."""
+        super().copy_extensions_to_source()
+        package_dir = self.get_finalized_command("build_py").get_package_dir("cybn")
+        record = os.path.join(package_dir, "_build_config.py")
+        if getattr(self, "_record_path", None) and os.path.abspath(record) != self._record_path:
+            self.copy_file(self._record_path, record, level=self.verbose)
+        if not any(ext.name == AVX2_MODULE for ext in self.extensions):
+            stale = os.path.join(package_dir, os.path.basename(self.get_ext_filename(AVX2_MODULE)))
+            if os.path.exists(stale):
+                print(f"cybn: removing {stale}, left by an earlier build", flush=True)
+                os.remove(stale)
+
+    def _write_build_record(self, **facts):
+        """Write cybn/_build_config.py next to the compiled modules (read by show_config)."""
+        ctype, exe, version = self._compiler_description()
+        record = {
+            "openmp": facts["openmp"],
+            "openmp_compile_args": list(facts["omp_compile"]),
+            "openmp_link_args": list(facts["omp_link"]),
+            "optimization_args": list(facts["opt_args"]),
+            "debug": facts["debug"],
+            "kernel_builds": facts["kernel_builds"],
+            "avx2_args": facts["avx2_args"],
+            "cython_version": facts["cython_version"],
+            "cython_directives": dict(sorted(facts["directives"].items())),
+            "compiler_type": ctype,
+            "compiler": exe,
+            "compiler_version": version,
+            "build_platform": sysconfig.get_platform(),
+            "build_python": sys.version.split()[0],
+            "environment": {
+                name: os.environ[name]
+                for name in ("CYBN_OPENMP", "CYBN_REQUIRE_OPENMP", "CYBN_DEBUG", "CYBN_AVX2", "CC",
+                             "CFLAGS", "CPPFLAGS", "LDFLAGS", "MACOSX_DEPLOYMENT_TARGET")
+                if name in os.environ
+            },
+        }
+        target_dir = os.path.dirname(self.get_ext_fullpath("cybn._openmp"))
+        os.makedirs(target_dir, exist_ok=True)
+        path = self._record_path = os.path.abspath(os.path.join(target_dir, "_build_config.py"))
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(
+                '"""How this copy of cybn was built. Generated by setup.py: do not edit."""\n\n'
+                f"BUILD_CONFIG = {pprint.pformat(record, sort_dicts=False)}\n"
+            )
+        print(f"cybn: wrote build record {path}", flush=True)
+
+
+def x86_64_target():
+    # the platform being built for (cibuildwheel/crossenv set _PYTHON_HOST_PLATFORM, which
+    # sysconfig honours); universal2 holds an arm64 slice, so it gets no AVX2 module
+    return sysconfig.get_platform().lower().endswith(("x86_64", "amd64"))

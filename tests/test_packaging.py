@@ -1,0 +1,100 @@
+"""What the installed package holds: only what users import. The benchmark (its harness and its
+compiled speed-of-light loops) lives in the repository's benchmarks/ directory, not in cybn."""
+
+import ast
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+
+
+def test_benchmark_is_not_installed():
+    import cybn
+
+    assert importlib.util.find_spec("cybn.bench") is None
+    assert importlib.util.find_spec("cybn._sol") is None
+    leftovers = [f for f in os.listdir(os.path.dirname(cybn.__file__))
+                 if f.startswith(("bench", "_sol"))]
+    assert not leftovers, f"benchmark files in the installed package: {leftovers}"
+
+
+def test_every_cython_module_is_built():
+    # setup.py lists its extensions by hand: a new cybn/*.pyx must be added there
+    from cybn import _backend
+
+    src = os.path.join(ROOT, "cybn")
+    if not os.path.isdir(src):
+        pytest.skip("no cybn/ sources next to tests/")
+    stems = {f[:-4] for f in os.listdir(src) if f.endswith(".pyx")}
+    if "avx2" not in _backend.kernels_info()["built"]:
+        stems.discard("_kernels_avx2")  # not an x86-64 build, or CYBN_AVX2=0
+    missing = [s for s in sorted(stems) if importlib.util.find_spec(f"cybn.{s}") is None]
+    assert not missing, f"cybn/*.pyx not built (add them to setup.py): {missing}"
+
+
+def _constant(path, name):
+    """The literal value assigned to `name` at module level in `path` (not imported)."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name
+                                                for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{name} not assigned in {path}")
+
+
+needs_checkout = pytest.mark.skipif(not os.path.isdir(BENCHMARKS),
+                                    reason="no benchmarks/ next to tests/ (not a checkout)")
+
+
+@needs_checkout
+def test_benchmark_shapes_take_every_kernel_schedule():
+    shapes = _constant(os.path.join(BENCHMARKS, "compare.py"), "DEFAULT_SHAPES")
+    # compare_builds.py times the same cases
+    assert _constant(os.path.join(BENCHMARKS, "compare_builds.py"), "SHAPES") == shapes
+    for itemsize in (4, 8):
+        schedules = set()
+        for shape in shapes:
+            N, C, L = shape[0], shape[1], (shape[2] if len(shape) == 3 else 1)
+            if C >= 8 and L * itemsize >= 32 << 10 and N * L * itemsize <= 1 << 20:
+                schedules.add("slab")
+            elif L >= 64:
+                schedules.add("runs")
+            else:
+                schedules.add("columns, L = 1" if L == 1 else "columns, 1 < L < 64")
+        assert schedules == {"slab", "runs", "columns, L = 1", "columns, 1 < L < 64"}, itemsize
+
+
+@needs_checkout
+def test_benchmark_targets_parse():
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        spec = importlib.util.spec_from_file_location("_cybn_compare",
+                                                      os.path.join(BENCHMARKS, "compare.py"))
+        compare = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(compare)
+    finally:
+        sys.path.remove(BENCHMARKS)
+    targets = compare.load_targets()
+    assert len(targets) >= 5
+    by_label = {label: (pred, versus, limit) for label, pred, versus, limit in targets}
+    pred, versus, limit = by_label["bwd, shape (1024, 3, 224): cybn ÷ torch"]
+    assert (versus, limit) == ("torch", 0.6)
+    assert pred((1024, 3, 224), 0, "bwd") and not pred((1024, 3, 224), 0, "fwd_train")
+    pred, versus, _ = by_label["all, size < 64 KiB: cybn ÷ torch"]
+    assert pred((2, 3), 24, "fwd_eval") and not pred((256, 512), 512 << 10, "fwd_eval")
+    pred, *_ = by_label["fwd_train, L > 1: cybn ÷ torch"]
+    assert pred((2, 3, 4), 96, "fwd_train") and not pred((2, 3), 24, "fwd_train")
+
+
+@needs_checkout
+def test_benchmark_help_runs():
+    proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "compare.py"), "--help"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "python benchmarks/compare.py" in proc.stdout
