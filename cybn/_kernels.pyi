@@ -9,6 +9,7 @@
 # scalar markers first (x_type, p_type: pass 0.0): they select the specialisation through
 # __signatures__ (e.g. "double|float": float64 data, float32 parameters); the arrays are
 # then checked against it (dtype, dimensions, shapes, writability) and rejected otherwise.
+# plan_info reports the schedule and tiling of a shape (for the tests and the benchmark).
 
 from typing import TypeAlias
 
@@ -19,6 +20,7 @@ _Data: TypeAlias = npt.NDArray[np.float32] | npt.NDArray[np.float64]  # (N, C, L
 _Param: TypeAlias = npt.NDArray[np.float32] | npt.NDArray[np.float64]  # (C,), module dtype
 _F64: TypeAlias = npt.NDArray[np.float64]
 
+def plan_info(N: int, C: int, L: int, itemsize: int, fused: bool) -> dict[str, int | str]: ...
 def batch_stats(x: _Data, mean: _F64, m2: _F64, n_threads: int) -> None: ...
 def normalize(
     x: _Data, center: _F64, scale: _F64, shift: _F64, out: _Data, n_threads: int

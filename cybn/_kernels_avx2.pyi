@@ -9,4 +9,5 @@ from cybn._kernels import batch_stats as batch_stats
 from cybn._kernels import forward_inference as forward_inference
 from cybn._kernels import forward_training as forward_training
 from cybn._kernels import normalize as normalize
+from cybn._kernels import plan_info as plan_info
 from cybn._kernels import update_running_stats as update_running_stats

@@ -1,15 +1,23 @@
 # Batch-normalization kernels: arithmetic only, no validation. Included by _kernels.pyx
 # (baseline instruction set) and _kernels_avx2.pyx (built with AVX2 on x86-64); see there.
+# docs/architecture.md maps this file; the callers in cybn.functional own shapes, dtypes,
+# allocation and the thread count, and calling these with unchecked arguments is undefined
+# behaviour.
 #
-# Every array arrives as a C-contiguous (N, C, L) view; statistics are taken over N and L
-# for each channel c. 2-D (N, C) input and channels-last data arrive with L == 1, so the
-# channel axis is the contiguous one; (N, C, L) input with L > 1 has contiguous runs of one
-# channel. One tiling serves both: the array is cut into tiles of rows x channels x
-# positions (`_Plan`), and a tile is walked either as rows of "columns" vectorised across
-# its channels and positions (L < COLUMNS_MAX_L, 2-D input included; per-column sums are
-# folded into channels at the end of the tile) or as per-channel contiguous runs (longer
-# L). The callers in cybn.functional own shapes, dtypes, allocation and the thread count;
-# calling these with unchecked arguments is undefined behaviour.
+# Layout. Every array arrives as a C-contiguous (N, C, L) view; statistics are taken over N
+# and L for each channel c. 2-D (N, C) input and channels-last data arrive with L == 1.
+#
+# Organisation (schedule separate from arithmetic):
+#   1. Schedules: _schedule() picks one of three ways to walk the array, from the table of
+#      thresholds below (each with the measurement that set it); _Plan cuts it into tiles.
+#   2. Arithmetic helpers, one per pass and kind of sum (_v4/_v1: the four kinds of
+#      per-element sum; _finish_stats/_finish_dot: a tile's results; _needs_exact and
+#      _channel_exact, the numerical fallbacks, together).
+#   3. Walkers, each written once: _walk_columns and _walk_runs reduce a tile (any pass),
+#      _map_tile writes an elementwise result over a tile (normalize or grad_input), and
+#      _for_items runs a job over tiles or channels, serially or with an OpenMP team.
+#   4. Drivers (whole array, nogil) and the Python-visible kernels.
+#   Adding an operation means one element helper per pass and a job kind, not a walker.
 #
 # Numerics (why the code looks the way it does):
 # - Sums are accumulated in double for float and double input (like ATen's accscalar_t).
@@ -45,32 +53,80 @@ ctypedef fused prm_t:
     float
     double
 
-# Elements per tile: 64 Ki elements is 256 KiB of float32 or 512 KiB of float64, small
-# enough for a tile's second pass to be served from L2.
+
+# ---------------------------------------------------------------------------------------
+# 1. Schedules
+#
+# | schedule | walks                                              | chosen when (_schedule)   |
+# |----------|----------------------------------------------------|---------------------------|
+# | COLUMNS  | tiles as rows of contiguous "columns" (a tile row:  | L < COLUMNS_MAX_L (2-D    |
+# |          | its channels x all L positions), per-column sums   | input and channels-last   |
+# |          | folded into channels at the end of the tile        | included)                 |
+# | RUNS     | tiles run by run (one channel's L positions), with | L >= COLUMNS_MAX_L        |
+# |          | LANES accumulators kept across a channel's runs    |                           |
+# | SLAB     | one whole channel (all N x L) per item: statistics | a fused op (training      |
+# |          | then output (or backward sums then grad_input)     | forward without           |
+# |          | while the channel is in L2                         | check_finite, backward),  |
+# |          |                                                    | C >= SLAB_MIN_CHANNELS,   |
+# |          |                                                    | L * size >= 32 KiB,       |
+# |          |                                                    | N * L * size <= 1 MiB     |
+#
+# Thresholds and the measurements that set them (2-vCPU KVM x86-64, the benchmark in
+# benchmarks/; same-process or alternating-process ratios, new / previous time):
+# - COLUMNS_MAX_L = 64 (commit e7870fa): below one 64-element block every element of a run
+#   went through the scalar tail; (16384, 64, 4) float32 normalize took 6.2 ms. Columns:
+#   training forward 0.17-0.82x for L = 3..32, backward 0.24-0.89x. Columns for L = 100-250
+#   were measured and rejected (evaluation and backward 4-24 % slower).
+# - LANES = 16, GROUP = 4 (commit 601cf54): gcc vectorises a reduction without -ffast-math
+#   only as one accumulator array per loop; four values are combined in the input's type
+#   (four float32 per SSE vector) before each double add. (8, 64, 16384) float32
+#   statistics 7.1 -> 2.7-4.6 ms.
+# - CHANNEL_GROUP = 16 (commit 40ce1b8): lanes kept across a channel's runs cut the
+#   per-run totals, which cost as much as the sums for runs of a few hundred elements:
+#   (1024, 3, 224) training forward 0.86-0.95x, (32, 16, 250) 0.67-0.90x. 16 channels x
+#   16 lanes x 2 sums of doubles is 4 KiB of accumulators, inside L1; other group sizes
+#   were not measured.
+# - SLAB_MIN_RUN_BYTES = 32 KiB (commit aae173f): (64, 256, 1024) float32, runs of 4 KiB
+#   strided by C * L, measured slower as slabs than as tiles.
+# - SLAB_BYTES = 1 MiB and SLAB_MIN_CHANNELS = 8 (commit a7b4e30): set from traffic, not
+#   measured: a slab must fit a core's L2 (1-2 MiB on the targets) for its second pass to
+#   come from cache (1 read + 1 write from memory instead of 2 + 1 in the forward), and
+#   with fewer than 8 channels two threads would not be kept busy by whole channels.
+# - TILE_ELEMS = 64 Ki elements (256 KiB float32, 512 KiB float64) so that a tile's second
+#   pass is served from L2; TILE_CHANNELS = 1024 bounds the per-tile stack accumulators.
+#   Not measured against other sizes.
+# - Serial loops when one thread would run (commit ca797cf): entering an OpenMP region,
+#   even with if(false), cost ~0.5 us per kernel call; (32, 64) float32 evaluation 7.98 ->
+#   4.15 us. Teams never exceed the number of items (commit 9571ec9: n_threads=100000
+#   crashed libgomp).
+
 cdef enum:
     TILE_ELEMS = 65536
-    # Channels per tile; also the size of the per-tile stack accumulators.
     TILE_CHANNELS = 1024
-    # (N, C, L) input whose channel slab (N * L elements) is at most this many bytes, with
-    # at least SLAB_MIN_CHANNELS channels, is processed one channel at a time: statistics
-    # and the output pass (or the backward sums and grad_input) run while the slab is in
-    # L2, so the input is read from memory once instead of twice.
     SLAB_BYTES = 1048576
     SLAB_MIN_CHANNELS = 8
-    # ... and only when its runs are long: a slab of short runs strided by C * L touches a
-    # new page per run, which measured slower than the tiles' contiguous blocks.
     SLAB_MIN_RUN_BYTES = 32768
-    # Accumulators per contiguous-run reduction (_lanes_total sums exactly this many), and
-    # how many values are combined in the input's type before they are added in double.
     LANES = 16
     GROUP = 4
-    # Channels of a tile of runs whose lane accumulators are kept at once (_group_sum).
     CHANNEL_GROUP = 16
-    # Runs shorter than this (L < COLUMNS_MAX_L, 2-D input included) are not walked run by
-    # run: a tile row (its channels x all L positions, contiguous) is one vector of
-    # "columns" with per-column accumulators, folded into channels at the end of the
-    # tile. Such tiles hold at most TILE_CHANNELS columns (tc * L <= TILE_CHANNELS).
     COLUMNS_MAX_L = 64
+
+cdef enum Schedule:
+    COLUMNS = 0
+    RUNS = 1
+    SLAB = 2
+
+
+cdef Schedule _schedule(Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, size_t itemsize,
+                        bint fused) noexcept nogil:
+    """The one choice of schedule (see the table above). `fused`: the operation has a
+    second pass that can run on a channel while it is cached (training forward without
+    check_finite, which must stop between the passes; backward)."""
+    if (fused and C >= SLAB_MIN_CHANNELS
+            and <size_t>L * itemsize >= <size_t>SLAB_MIN_RUN_BYTES
+            and <size_t>(N * L) * itemsize <= <size_t>SLAB_BYTES):
+        return SLAB
+    return COLUMNS if L < COLUMNS_MAX_L else RUNS
 
 
 cdef struct _Plan:
@@ -79,26 +135,23 @@ cdef struct _Plan:
     Py_ssize_t bn, bc, bl        # number of tiles along N, C, L
     Py_ssize_t n_tiles
     Py_ssize_t n_slots           # bn * bl: tiles that hold partial sums for one channel
-    bint cols                    # L < COLUMNS_MAX_L: tiles are walked as rows of columns
-
-
-# Below this mean square per element, float32 squares and products lose precision to
-# underflow (FLT_MIN is 1.2e-38): such channels are summed in double instead.
-cdef double _TINY = 1e-30
+    Schedule schedule
 
 
 cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
 
 
-cdef _Plan _make_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t L) noexcept nogil:
+cdef _Plan _make_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, size_t itemsize,
+                      bint fused) noexcept nogil:
+    """Tiles of rows x channels x positions for an (N, C, L) array (N, C, L >= 1)."""
     cdef _Plan p
     p.N = N
     p.C = C
     p.L = L
+    p.schedule = _schedule(N, C, L, itemsize, fused)
     p.tl = L if L < TILE_ELEMS else TILE_ELEMS
-    p.cols = L < COLUMNS_MAX_L
-    if p.cols:
+    if L < COLUMNS_MAX_L:
         p.tc = TILE_CHANNELS // L  # the columns of a tile row fit the accumulators
     else:
         p.tc = TILE_ELEMS // p.tl
@@ -119,6 +172,20 @@ cdef _Plan _make_plan(Py_ssize_t N, Py_ssize_t C, Py_ssize_t L) noexcept nogil:
     p.n_tiles = p.bn * p.bc * p.bl
     p.n_slots = p.bn * p.bl
     return p
+
+
+def plan_info(Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, size_t itemsize, bint fused):
+    """The schedule and tiling the kernels use for an (N, C, L) array (N, C, L >= 1).
+
+    Returns a dict: ``schedule`` ('columns', 'runs' or 'slab'), the tile extents ``tn``,
+    ``tc``, ``tl`` along N, C, L and the tile counts ``bn``, ``bc``, ``bl``. For the
+    accuracy oracle (tests/_accuracy.py) and the schedule tests, so that neither copies
+    the thresholds. ``fused``: as for a training forward without check_finite, or a
+    backward (the operations that may take the slab schedule).
+    """
+    cdef _Plan p = _make_plan(N, C, L, itemsize, fused)
+    return {"schedule": ("columns", "runs", "slab")[<int>p.schedule],
+            "tn": p.tn, "tc": p.tc, "tl": p.tl, "bn": p.bn, "bc": p.bc, "bl": p.bl}
 
 
 cdef struct _Tile:
@@ -143,205 +210,136 @@ cdef inline _Tile _tile(const _Plan* p, Py_ssize_t t) noexcept nogil:
     return tile
 
 
-cdef inline int _slab_team(const _Plan* p, int n_threads) noexcept nogil:
-    return n_threads if n_threads < p.C else <int>p.C
+cdef inline _Tile _slab(const _Plan* p, Py_ssize_t c) noexcept nogil:
+    # The SLAB schedule's item: channel c over all N and L, walked as a tile of runs.
+    cdef _Tile tl
+    tl.n0 = 0
+    tl.n1 = p.N
+    tl.c0 = c
+    tl.c1 = c + 1
+    tl.l0 = 0
+    tl.l1 = p.L
+    tl.slot = 0
+    return tl
 
-
-cdef inline int _team(const _Plan* p, int n_threads) noexcept nogil:
-    # never more threads than tiles: a thread without a tile only costs a wake-up, and an
-    # absurd request (n_threads=100000) must not ask the OpenMP runtime for that many
-    return n_threads if n_threads < p.n_tiles else <int>p.n_tiles
-
-
-# ---------------------------------------------------------------------------------------
-# Contiguous runs (L > 1). LANES independent double accumulators, updated by an
-# elementwise loop over the lanes, let the compiler vectorise a reduction without
-# -ffast-math (gcc does so only for one accumulator array per loop, hence one sweep per
-# sum). Deviations, squares and products are formed, and combined GROUP at a time, in the
-# input's type (four float32 per SSE vector instead of two doubles); every such group is
-# then accumulated in double, in a fixed order (deterministic for every thread count).
-# A channel's lanes live across all its runs in a tile and are totalled once per tile
-# (_group_sum and friends): with runs of a few hundred elements, totalling per run cost
-# as much as the sums. The rows path of _tile_stats/_tile_dot combines GROUP rows the same
-# way.
-
-cdef inline double _lanes_total(const double* a) noexcept nogil:
-    # a fixed pairwise order over the LANES (= 16) accumulators
-    return ((((a[0] + a[8]) + (a[4] + a[12])) + ((a[2] + a[10]) + (a[6] + a[14])))
-            + (((a[1] + a[9]) + (a[5] + a[13])) + ((a[3] + a[11]) + (a[7] + a[15]))))
-
-
-cdef inline void _lanes_zero(double* a) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(LANES):
-        a[j] = 0
-
-
-cdef inline void _acc_dev(const floating* x, Py_ssize_t n, floating m, bint square,
-                          double* total, double* tail) noexcept nogil:
-    """Add sum(x - m), or sum((x - m)^2) when `square`, over a contiguous run of n elements
-    to the LANES accumulators `total`, the last n % LANES elements to `tail`."""
-    cdef double t[LANES]  # a local copy the compiler keeps in registers
-    cdef const floating* q
-    cdef floating d0, d1, d2, d3
-    cdef double d
-    cdef Py_ssize_t i = 0, j
-    for j in range(LANES):
-        t[j] = total[j]
-    # Blocks of GROUP * LANES elements: lane j pairs its GROUP values in the input's type,
-    # then adds the result to its double accumulator.
-    if square:
-        while n - i >= GROUP * LANES:
-            q = x + i
-            for j in range(LANES):
-                d0 = q[j] - m
-                d1 = q[j + LANES] - m
-                d2 = q[j + 2 * LANES] - m
-                d3 = q[j + 3 * LANES] - m
-                t[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-            i += GROUP * LANES
-        while n - i >= LANES:  # short runs (small L) and remainders: still vectorised
-            q = x + i
-            for j in range(LANES):
-                d0 = q[j] - m
-                t[j] += d0 * d0
-            i += LANES
-    else:
-        while n - i >= GROUP * LANES:
-            q = x + i
-            for j in range(LANES):
-                t[j] += (((q[j] - m) + (q[j + LANES] - m))
-                             + ((q[j + 2 * LANES] - m) + (q[j + 3 * LANES] - m)))
-            i += GROUP * LANES
-        while n - i >= LANES:
-            q = x + i
-            for j in range(LANES):
-                t[j] += q[j] - m
-            i += LANES
-    for j in range(LANES):
-        total[j] = t[j]
-    while i < n:
-        d = x[i] - <double>m
-        tail[0] += d * d if square else d
-        i += 1
-
-
-cdef inline void _acc_dot(const floating* dy, const floating* x, Py_ssize_t n, floating m,
-                          double* total, double* tail) noexcept nogil:
-    """Add sum(dy * (x - m)) over a contiguous run, in the blocks of _acc_dev."""
-    cdef double t[LANES]
-    cdef const floating* g
-    cdef const floating* q
-    cdef Py_ssize_t i = 0, j
-    for j in range(LANES):
-        t[j] = total[j]
-    while n - i >= GROUP * LANES:
-        g = dy + i
-        q = x + i
-        for j in range(LANES):
-            t[j] += ((g[j] * (q[j] - m) + g[j + LANES] * (q[j + LANES] - m))
-                         + (g[j + 2 * LANES] * (q[j + 2 * LANES] - m)
-                            + g[j + 3 * LANES] * (q[j + 3 * LANES] - m)))
-        i += GROUP * LANES
-    while n - i >= LANES:
-        g = dy + i
-        q = x + i
-        for j in range(LANES):
-            t[j] += g[j] * (q[j] - m)
-        i += LANES
-    for j in range(LANES):
-        total[j] = t[j]
-    while i < n:
-        tail[0] += dy[i] * (x[i] - <double>m)
-        i += 1
-
-
-# ---------------------------------------------------------------------------------------
-# Per-tile work. `base` points at element (0, 0, 0); `stride_n` = C * L.
 
 cdef inline const floating* _run_ptr(const floating* base, const _Plan* p, Py_ssize_t n,
                                      Py_ssize_t c, Py_ssize_t l0) noexcept nogil:
     return base + (n * p.C + c) * p.L + l0
 
 
-cdef void _group_sum(const floating* base, const _Plan* p, const _Tile* tl, Py_ssize_t c0,
-                     Py_ssize_t c1, double* out) noexcept nogil:
-    """out[c - c0] = sum(x) over channel c of a tile of runs (L > 1), for c in [c0, c1),
-    c1 - c0 <= CHANNEL_GROUP. Each channel keeps its lanes across its runs and totals them
-    once (per-run totals cost more than the sums of short runs), while the runs are still
-    visited in memory order (row by row), which the hardware prefetcher needs."""
-    cdef double total[CHANNEL_GROUP * LANES]
-    cdef double tail[CHANNEL_GROUP]
-    cdef floating zero = 0
-    cdef Py_ssize_t n, c, run = tl.l1 - tl.l0
-    for c in range(c1 - c0):
-        _lanes_zero(total + c * LANES)
-        tail[c] = 0
-    for n in range(tl.n0, tl.n1):
-        for c in range(c1 - c0):
-            _acc_dev(_run_ptr(base, p, n, c0 + c, tl.l0), run, zero, False,
-                     total + c * LANES, &tail[c])
-    for c in range(c1 - c0):
-        out[c] = _lanes_total(total + c * LANES) + tail[c]
+# ---------------------------------------------------------------------------------------
+# 2. Arithmetic helpers
+#
+# The four kinds of per-element sum, in two forms: _v4 combines four values at stride s
+# (rows of a columns tile, or lanes of a run) in the input's type, _v1 forms one value in
+# the input's type (a run's last lanes) or in double (a run's tail, a columns tile's last
+# rows).
+# Forming and grouping in the input's type is exact near the centre `m` and runs in float
+# vectors for float32; every such value is then accumulated in double, in a fixed order
+# (deterministic for every thread count). `g` is grad_output (DOT only).
+
+cdef struct _Sum:    # sum(q)
+    char unused
+cdef struct _Dev:    # sum(q - m)
+    char unused
+cdef struct _Sq:     # sum((q - m)^2)
+    char unused
+cdef struct _Dot:    # sum(g * (q - m))
+    char unused
+
+ctypedef fused kind_t:
+    _Sum
+    _Dev
+    _Sq
+    _Dot
+
+# the type a single value is formed in: the input's (inside runs) or double (tails)
+ctypedef fused acc_t:
+    float
+    double
 
 
-cdef void _group_dev(const floating* base, const _Plan* p, const _Tile* tl, Py_ssize_t c0,
-                     Py_ssize_t c1, const floating* shift, double* dev,
-                     double* sq) noexcept nogil:
-    """dev, sq[c - c0] = sum(x - shift), sum((x - shift)^2) over channel c, as _group_sum;
-    both sweeps run back to back on a run, so the second reads it from L1."""
-    cdef double t1[CHANNEL_GROUP * LANES]
-    cdef double t2[CHANNEL_GROUP * LANES]
-    cdef double tail1[CHANNEL_GROUP]
-    cdef double tail2[CHANNEL_GROUP]
-    cdef const floating* r
-    cdef Py_ssize_t n, c, run = tl.l1 - tl.l0
-    for c in range(c1 - c0):
-        _lanes_zero(t1 + c * LANES)
-        _lanes_zero(t2 + c * LANES)
-        tail1[c] = 0
-        tail2[c] = 0
-    for n in range(tl.n0, tl.n1):
-        for c in range(c1 - c0):
-            r = _run_ptr(base, p, n, c0 + c, tl.l0)
-            _acc_dev(r, run, shift[c], False, t1 + c * LANES, &tail1[c])
-            _acc_dev(r, run, shift[c], True, t2 + c * LANES, &tail2[c])
-    for c in range(c1 - c0):
-        dev[c] = _lanes_total(t1 + c * LANES) + tail1[c]
-        sq[c] = _lanes_total(t2 + c * LANES) + tail2[c]
+cdef inline floating _v4(kind_t* k, const floating* g, const floating* q, Py_ssize_t s,
+                         floating m) noexcept nogil:
+    cdef floating d0, d1, d2, d3
+    if kind_t is _Sum:
+        return (q[0] + q[s]) + (q[2 * s] + q[3 * s])
+    elif kind_t is _Dev:
+        return ((q[0] - m) + (q[s] - m)) + ((q[2 * s] - m) + (q[3 * s] - m))
+    elif kind_t is _Sq:
+        d0 = q[0] - m
+        d1 = q[s] - m
+        d2 = q[2 * s] - m
+        d3 = q[3 * s] - m
+        return (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    else:
+        return ((g[0] * (q[0] - m) + g[s] * (q[s] - m))
+                + (g[2 * s] * (q[2 * s] - m) + g[3 * s] * (q[3 * s] - m)))
 
 
-cdef void _group_dot(const floating* dy, const floating* x, const _Plan* p, const _Tile* tl,
-                     Py_ssize_t c0, Py_ssize_t c1, const floating* cen, double* sdy,
-                     double* sdyx) noexcept nogil:
-    """sdy, sdyx[c - c0] = sum(dy), sum(dy * (x - cen)) over channel c, as _group_dev."""
-    cdef double t1[CHANNEL_GROUP * LANES]
-    cdef double t2[CHANNEL_GROUP * LANES]
-    cdef double tail1[CHANNEL_GROUP]
-    cdef double tail2[CHANNEL_GROUP]
-    cdef floating zero = 0
-    cdef const floating* g
-    cdef Py_ssize_t n, c, run = tl.l1 - tl.l0
-    for c in range(c1 - c0):
-        _lanes_zero(t1 + c * LANES)
-        _lanes_zero(t2 + c * LANES)
-        tail1[c] = 0
-        tail2[c] = 0
-    for n in range(tl.n0, tl.n1):
-        for c in range(c1 - c0):
-            g = _run_ptr(dy, p, n, c0 + c, tl.l0)
-            _acc_dev(g, run, zero, False, t1 + c * LANES, &tail1[c])
-            _acc_dot(g, _run_ptr(x, p, n, c0 + c, tl.l0), run, cen[c], t2 + c * LANES,
-                     &tail2[c])
-    for c in range(c1 - c0):
-        sdy[c] = _lanes_total(t1 + c * LANES) + tail1[c]
-        sdyx[c] = _lanes_total(t2 + c * LANES) + tail2[c]
+cdef inline acc_t _v1(kind_t* k, const floating* g, const floating* q, floating m,
+                      acc_t* in_type) noexcept nogil:
+    # in_type: a NULL pointer of the type to form the value in (floating, or double)
+    cdef acc_t d
+    if kind_t is _Sum:
+        return q[0]
+    elif kind_t is _Dev:
+        return q[0] - <acc_t>m
+    elif kind_t is _Sq:
+        d = q[0] - <acc_t>m
+        return d * d
+    else:
+        return g[0] * (q[0] - <acc_t>m)
+
+
+# A pass over a tile computes one or two per-channel sums. _Mean: sum(x) (the statistics'
+# first pass); _Var: sum(x - shift), sum((x - shift)^2) (their second pass); _Grad:
+# sum(dy), sum(dy * (x - centre)) (the backward's reduction).
+cdef struct _Mean:
+    char unused
+cdef struct _Var:
+    char unused
+cdef struct _Grad:
+    char unused
+
+ctypedef fused pass_t:
+    _Mean
+    _Var
+    _Grad
+
+
+cdef inline bint _finite(double v) noexcept nogil:
+    # v - v is 0 for finite v and NaN for inf and NaN (no isfinite: the build must not
+    # depend on the C library's classification macros under every compiler)
+    return v - v == 0
+
+
+cdef double _TINY = 1e-30
+# Below this mean square per element, float32 squares and products lose precision to
+# underflow (FLT_MIN is 1.2e-38): such channels are summed in double instead.
+
+
+cdef inline bint _needs_exact(bint is_float, double s1, double s2, double fast_sq,
+                              double fast_dot, double count) noexcept nogil:
+    """Whether a channel's fast sums must be redone in double (_channel_exact): they are
+    not finite (overflow in the input's type, or inf/nan data), or, for float32, the
+    squares (statistics: fast_sq) or products (backward: fast_dot, with sum(dy) != 0)
+    are so small that they underflowed. Pass fast_dot = -1 for statistics and
+    fast_sq = -1 for the backward."""
+    if not (_finite(s1) and _finite(s2)):
+        return True
+    if not is_float:
+        return False
+    if fast_sq >= 0:
+        return fast_sq < _TINY * count
+    return s1 != 0 and fast_dot < _TINY * count
 
 
 cdef void _channel_exact(const floating* base, const floating* dy, const _Plan* p,
                          const _Tile* tl, Py_ssize_t c, double center,
                          double* out1, double* out2) noexcept nogil:
-    """One channel of a tile, entirely in double: the fallback for non-finite fast sums.
+    """One channel of a tile, entirely in double: the fallback when _needs_exact.
 
     Without dy: out1, out2 = mean, M2 (corrected two-pass on scaled deviations). With dy:
     out1, out2 = sum(dy), sum(dy * (x - center)).
@@ -367,7 +365,7 @@ cdef void _channel_exact(const floating* base, const floating* dy, const _Plan* 
         for i in range(run):
             s1 += r[i]
     m = s1 / count
-    if not (m - m == 0):
+    if not _finite(m):
         out1[0] = m  # inf/nan data: the plain mean propagates inf like torch's
         out2[0] = m - m
         return
@@ -396,15 +394,173 @@ cdef void _channel_exact(const floating* base, const floating* dy, const _Plan* 
     out2[0] = ((s2 - s1 * s1 / count) / sc) / sc  # inf only when M2 itself is
 
 
-cdef inline const prm_t* _to_columns(const prm_t* per_channel, Py_ssize_t c0, Py_ssize_t c1,
-                                     Py_ssize_t L, prm_t* columns) noexcept nogil:
-    """Per-channel values of channels [c0, c1) as per-column values of a tile row: each
-    repeated L times into `columns` (L * (c1 - c0) <= TILE_CHANNELS); for L == 1 the
-    channels are the columns, and per_channel + c0 is returned without a copy."""
+cdef inline bint _split_constants(Py_ssize_t C, const double* center, const double* scale,
+                                  const double* shift, floating* prm) noexcept nogil:
+    """The normalisation's per-channel constants in the input's type: rows hi, lo, scale,
+    shift of prm (4 * C), with center = hi + lo and hi = center rounded to the input's
+    type, so that x - hi is exact near the centre (Sterbenz) and a constant channel
+    (x == center) gives exactly shift. False when a finite scale or shift overflows the
+    input's type: the caller then uses _double_constants (the channel in double)."""
+    cdef Py_ssize_t c
+    cdef bint fits = True
+    for c in range(C):
+        prm[c] = <floating>center[c]
+        prm[C + c] = <floating>(center[c] - <double>prm[c])
+        prm[2 * C + c] = <floating>scale[c]
+        prm[3 * C + c] = <floating>shift[c]
+        if ((_finite(scale[c]) and not _finite(prm[2 * C + c]))
+                or (_finite(shift[c]) and not _finite(prm[3 * C + c]))):
+            fits = False
+    return fits
+
+
+cdef inline void _double_constants(Py_ssize_t C, const double* center, const double* scale,
+                                   const double* shift, double* prm) noexcept nogil:
+    # as _split_constants in double, with lo = 0 (x - hi - 0 is x - hi, bit for bit)
+    cdef Py_ssize_t c
+    for c in range(C):
+        prm[c] = center[c]
+        prm[C + c] = 0
+        prm[2 * C + c] = scale[c]
+        prm[3 * C + c] = shift[c]
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Walkers: each way of walking a tile, written once for every pass and operation
+
+cdef inline void _acc(kind_t* k, const floating* g, const floating* q, Py_ssize_t n,
+                      floating m, double* total, double* tail) noexcept nogil:
+    """Add the kind-k sum over a contiguous run of n elements to the LANES accumulators
+    `total` (blocks of GROUP * LANES, then of LANES), its last n % LANES elements to
+    `tail`. `total` is copied to a local array, which the compiler keeps in registers."""
+    cdef double t[LANES]
+    cdef Py_ssize_t i = 0, j
+    for j in range(LANES):
+        t[j] = total[j]
+    while n - i >= GROUP * LANES:
+        for j in range(LANES):
+            t[j] += _v4(k, g + i + j, q + i + j, LANES, m)
+        i += GROUP * LANES
+    while n - i >= LANES:  # short runs (small L) and remainders: still vectorised
+        for j in range(LANES):
+            t[j] += _v1(k, g + i + j, q + i + j, m, <floating*>NULL)
+        i += LANES
+    for j in range(LANES):
+        total[j] = t[j]
+    while i < n:
+        tail[0] += _v1(k, g + i, q + i, m, <double*>NULL)
+        i += 1
+
+
+cdef inline double _lanes_total(const double* a) noexcept nogil:
+    # a fixed pairwise order over the LANES (= 16) accumulators
+    return ((((a[0] + a[8]) + (a[4] + a[12])) + ((a[2] + a[10]) + (a[6] + a[14])))
+            + (((a[1] + a[9]) + (a[5] + a[13])) + ((a[3] + a[11]) + (a[7] + a[15]))))
+
+
+cdef inline void _walk_runs(pass_t* ps, const floating* x, const floating* dy,
+                            const _Plan* p, const _Tile* tl, Py_ssize_t c0, Py_ssize_t c1,
+                            const floating* m, double* out1, double* out2) noexcept nogil:
+    """The pass's sums over channels [c0, c1) of a tile walked run by run (RUNS, SLAB),
+    c1 - c0 <= CHANNEL_GROUP: out1[c - c0], out2[c - c0] (m[c - c0]: the centres).
+
+    Each channel keeps its lanes across its runs and totals them once (per-run totals
+    cost more than the sums of short runs), while the runs are still visited in memory
+    order, row by row, which the hardware prefetcher needs. The two sums of a pass are
+    two sweeps of the same run, the second from L1.
+    """
+    cdef double t1[CHANNEL_GROUP * LANES]
+    cdef double t2[CHANNEL_GROUP * LANES]
+    cdef double tail1[CHANNEL_GROUP]
+    cdef double tail2[CHANNEL_GROUP]
+    cdef _Sum k_sum
+    cdef _Dev k_dev
+    cdef _Sq k_sq
+    cdef _Dot k_dot
+    cdef const floating* q
+    cdef const floating* g
+    cdef Py_ssize_t n, c, j, run = tl.l1 - tl.l0
+    for c in range(c1 - c0):
+        for j in range(LANES):
+            t1[c * LANES + j] = 0
+            t2[c * LANES + j] = 0
+        tail1[c] = 0
+        tail2[c] = 0
+    for n in range(tl.n0, tl.n1):
+        for c in range(c1 - c0):
+            q = _run_ptr(x, p, n, c0 + c, tl.l0)
+            if pass_t is _Mean:
+                _acc(&k_sum, q, q, run, 0, t1 + c * LANES, &tail1[c])
+            elif pass_t is _Var:
+                _acc(&k_dev, q, q, run, m[c], t1 + c * LANES, &tail1[c])
+                _acc(&k_sq, q, q, run, m[c], t2 + c * LANES, &tail2[c])
+            else:
+                g = _run_ptr(dy, p, n, c0 + c, tl.l0)
+                _acc(&k_sum, g, g, run, 0, t1 + c * LANES, &tail1[c])
+                _acc(&k_dot, g, q, run, m[c], t2 + c * LANES, &tail2[c])
+    for c in range(c1 - c0):
+        out1[c] = _lanes_total(t1 + c * LANES) + tail1[c]
+        if pass_t is not _Mean:
+            out2[c] = _lanes_total(t2 + c * LANES) + tail2[c]
+
+
+cdef inline void _walk_columns(pass_t* ps, const floating* x, const floating* dy,
+                               const _Plan* p, const _Tile* tl, const floating* col,
+                               double* acc1, double* acc2) noexcept nogil:
+    """The pass's sums over a COLUMNS tile, added per column to acc1, acc2 (ncol =
+    channels x positions entries; col: the centres per column). A tile row is ncol
+    contiguous values at stride S = C * L; GROUP rows are combined at a time (one
+    load/store of an accumulator per GROUP elements), the last rows one by one."""
+    cdef _Sum k_sum
+    cdef _Dev k_dev
+    cdef _Sq k_sq
+    cdef _Dot k_dot
+    cdef Py_ssize_t S = p.C * p.L, ncol = (tl.c1 - tl.c0) * (tl.l1 - tl.l0)
+    cdef Py_ssize_t off = tl.c0 * p.L, n, j
+    cdef const floating* q
+    cdef const floating* g
+    n = tl.n0
+    while n + GROUP <= tl.n1:
+        q = x + n * S + off
+        if pass_t is _Mean:
+            for j in range(ncol):
+                acc1[j] += _v4(&k_sum, q + j, q + j, S, 0)
+        elif pass_t is _Var:
+            for j in range(ncol):
+                acc1[j] += _v4(&k_dev, q + j, q + j, S, col[j])
+                acc2[j] += _v4(&k_sq, q + j, q + j, S, col[j])
+        else:
+            g = dy + n * S + off
+            for j in range(ncol):
+                acc1[j] += _v4(&k_sum, g + j, g + j, S, 0)
+                acc2[j] += _v4(&k_dot, g + j, q + j, S, col[j])
+        n += GROUP
+    while n < tl.n1:
+        q = x + n * S + off
+        if pass_t is _Mean:
+            for j in range(ncol):
+                acc1[j] += _v1(&k_sum, q + j, q + j, 0, <double*>NULL)
+        elif pass_t is _Var:
+            for j in range(ncol):
+                acc1[j] += _v1(&k_dev, q + j, q + j, col[j], <double*>NULL)
+                acc2[j] += _v1(&k_sq, q + j, q + j, col[j], <double*>NULL)
+        else:
+            g = dy + n * S + off
+            for j in range(ncol):
+                acc1[j] += _v1(&k_sum, g + j, g + j, 0, <double*>NULL)
+                acc2[j] += _v1(&k_dot, g + j, q + j, col[j], <double*>NULL)
+        n += 1
+
+
+cdef inline const prm_t* _to_columns(const prm_t* per_channel, Py_ssize_t nc, Py_ssize_t L,
+                                     prm_t* columns) noexcept nogil:
+    """Per-channel values of a tile's nc channels as per-column values of a tile row: each
+    repeated L times into `columns` (L * nc <= TILE_CHANNELS); for L == 1 the channels are
+    the columns, and per_channel is returned without a copy."""
     cdef Py_ssize_t c, l, j = 0
     if L == 1:
-        return per_channel + c0
-    for c in range(c0, c1):
+        return per_channel
+    for c in range(nc):
         for l in range(L):
             columns[j] = per_channel[c]
             j += 1
@@ -425,374 +581,337 @@ cdef inline void _fold(double* a, Py_ssize_t nc, Py_ssize_t L) noexcept nogil:
         a[c] = total
 
 
-cdef void _tile_stats(const floating* base, const _Plan* p, Py_ssize_t t,
-                      double* part_mean, double* part_m2) noexcept nogil:
-    """Mean and M2 of each channel of tile t, written to slot row t.slot of the partials.
+cdef inline void _reduce_tile(pass_t* ps, const floating* x, const floating* dy,
+                              const _Plan* p, const _Tile* tl, const floating* m,
+                              double* out1, double* out2) noexcept nogil:
+    """The pass's per-channel sums over a tile, by the plan's walk: out1/out2[c - c0]
+    (sized TILE_CHANNELS; m[c - c0]: the centres, unused by _Mean)."""
+    cdef Py_ssize_t nc = tl.c1 - tl.c0, c, j
+    cdef floating colbuf[TILE_CHANNELS]
+    if p.schedule != COLUMNS:
+        for c in range(0, nc, 16):  # CHANNEL_GROUP (Cython needs a literal step)
+            _walk_runs(ps, x, dy, p, tl, tl.c0 + c, tl.c0 + min(c + CHANNEL_GROUP, nc),
+                       m + c, out1 + c, out2 + c)
+        return
+    for j in range(nc * p.L):
+        out1[j] = 0
+        out2[j] = 0
+    if pass_t is _Mean:
+        _walk_columns(ps, x, dy, p, tl, NULL, out1, out2)
+    else:
+        _walk_columns(ps, x, dy, p, tl, _to_columns(m, nc, p.L, colbuf), out1, out2)
+    _fold(out1, nc, p.L)
+    if pass_t is not _Mean:
+        _fold(out2, nc, p.L)
+
+
+# The elementwise operations: out = f(x, dy, the four constants of the channel).
+cdef struct _Norm:      # ((x - hi) - lo) * scale + shift
+    char unused
+cdef struct _GradX:     # ((dy - mean_dy) - (x - center) * k) * scale
+    char unused
+cdef struct _GradDy:    # dy * scale
+    char unused
+
+ctypedef fused map_t:
+    _Norm
+    _GradX
+    _GradDy
+
+
+cdef inline floating _elem(map_t* op, const floating* x, const floating* dy, prm_t k0,
+                           prm_t k1, prm_t k2, prm_t k3) noexcept nogil:
+    if map_t is _Norm:
+        return <floating>(((x[0] - k0) - k1) * k2 + k3)
+    elif map_t is _GradX:
+        return <floating>(((dy[0] - k1) - (x[0] - k0) * k2) * k3)
+    else:
+        return <floating>(dy[0] * k3)
+
+
+cdef inline void _map_tile(map_t* op, const floating* x, const floating* dy, floating* out,
+                           const _Plan* p, const _Tile* tl, const prm_t* k0,
+                           const prm_t* k1, const prm_t* k2, const prm_t* k3) noexcept nogil:
+    """out = op(x, dy, k0..k3 of the channel) over a tile; k0..k3 point at the constants
+    of the tile's first channel (_GradDy reads only k3; the others may be NULL). COLUMNS
+    tiles spread the constants over a tile row's columns first."""
+    cdef Py_ssize_t nc = tl.c1 - tl.c0, run = tl.l1 - tl.l0, n, c, i, off, j
+    cdef Py_ssize_t S = p.C * p.L, ncol = nc * run
+    cdef prm_t col[4 * TILE_CHANNELS]
+    cdef prm_t a0, a1, a2, a3
+    if p.schedule == COLUMNS:
+        if map_t is not _GradDy:
+            k0 = _to_columns(k0, nc, p.L, col)
+            k1 = _to_columns(k1, nc, p.L, col + TILE_CHANNELS)
+            k2 = _to_columns(k2, nc, p.L, col + 2 * TILE_CHANNELS)
+        k3 = _to_columns(k3, nc, p.L, col + 3 * TILE_CHANNELS)
+        for n in range(tl.n0, tl.n1):
+            off = n * S + tl.c0 * p.L
+            if map_t is _GradDy:
+                for j in range(ncol):
+                    out[off + j] = _elem(op, x + off + j, dy + off + j, k3[j], k3[j], k3[j],
+                                         k3[j])
+            else:
+                for j in range(ncol):
+                    out[off + j] = _elem(op, x + off + j, dy + off + j, k0[j], k1[j], k2[j],
+                                         k3[j])
+        return
+    for n in range(tl.n0, tl.n1):
+        for c in range(nc):
+            off = (n * p.C + tl.c0 + c) * p.L + tl.l0
+            a3 = k3[c]
+            if map_t is _GradDy:
+                a0 = a1 = a2 = a3
+            else:
+                a0 = k0[c]
+                a1 = k1[c]
+                a2 = k2[c]
+            for i in range(off, off + run):
+                out[i] = _elem(op, x + i, dy + i, a0, a1, a2, a3)
+
+
+# Per-tile (or per-slab) passes: a walk, then the tile's results.
+
+cdef void _tile_stats(const floating* x, const _Plan* p, const _Tile* tl,
+                      double* mean_out, double* m2_out) noexcept nogil:
+    """Mean and M2 of each channel of a tile: mean_out[c - c0], m2_out[c - c0].
 
     Pass 1 gives a provisional mean, rounded to the input's type as the shift m; pass 2,
     served from cache, sums d = x - m and d^2, and mean = m + sum(d)/n,
     M2 = sum(d^2) - sum(d)^2/n exactly for any shift (the corrected two-pass of Chan,
-    Golub & LeVeque 1983). Deviations are formed, squared and grouped in the input's type
-    (exact near the mean; fast float vectors) and accumulated in double. A channel whose
-    sums are not finite (overflow in float arithmetic, or inf/nan data) is redone
-    entirely in double, so no other channel's result depends on it.
+    Golub & LeVeque 1983). A channel whose sums are not finite (overflow in float
+    arithmetic, or inf/nan data) or underflowed is redone entirely in double, so no other
+    channel's result depends on it.
     """
-    cdef _Tile tl = _tile(p, t)
-    cdef Py_ssize_t nc = tl.c1 - tl.c0
-    cdef Py_ssize_t run = tl.l1 - tl.l0
-    cdef Py_ssize_t C = p.C
-    cdef double count = <double>((tl.n1 - tl.n0) * run)
+    cdef Py_ssize_t nc = tl.c1 - tl.c0, c
+    cdef double count = <double>((tl.n1 - tl.n0) * (tl.l1 - tl.l0))
     cdef double acc[TILE_CHANNELS]
     cdef double dev[TILE_CHANNELS]
     cdef double sq[TILE_CHANNELS]
     cdef floating shift[TILE_CHANNELS]
-    cdef floating colbuf[TILE_CHANNELS]
-    cdef const floating* colshift
-    cdef double* mean_out = part_mean + tl.slot * C + tl.c0
-    cdef double* m2_out = part_m2 + tl.slot * C + tl.c0
-    # columns: row n of the tile starts at xt + n * S and holds ncol contiguous values
-    cdef Py_ssize_t S = C * p.L, ncol = nc * run
-    cdef const floating* xt = base + tl.c0 * p.L
-    cdef const floating* row
-    cdef floating d0, d1, d2, d3
+    cdef _Mean mean_pass
+    cdef _Var var_pass
     cdef double m
-    cdef Py_ssize_t n, c, j
-    for j in range(ncol if p.cols else nc):
-        acc[j] = 0
-        dev[j] = 0
-        sq[j] = 0
-    # pass 1: provisional mean
-    if p.cols:
-        n = tl.n0
-        # four rows at a time: one load/store of an accumulator per four elements
-        while n + GROUP <= tl.n1:
-            row = xt + n * S
-            for j in range(ncol):
-                acc[j] += (row[j] + row[j + S]) + (row[j + 2 * S] + row[j + 3 * S])
-            n += GROUP
-        while n < tl.n1:
-            row = xt + n * S
-            for j in range(ncol):
-                acc[j] += row[j]
-            n += 1
-        _fold(acc, nc, p.L)
-    else:
-        for c in range(0, nc, 16):  # CHANNEL_GROUP (Cython needs a literal step)
-            _group_sum(base, p, &tl, tl.c0 + c, tl.c0 + min(c + CHANNEL_GROUP, nc), &acc[c])
+    _reduce_tile(&mean_pass, x, x, p, tl, shift, acc, acc)
     for c in range(nc):
         shift[c] = <floating>(acc[c] / count)
-    # pass 2: deviations from the shift
-    if p.cols:
-        colshift = _to_columns(shift, 0, nc, p.L, colbuf)
-        n = tl.n0
-        while n + GROUP <= tl.n1:
-            row = xt + n * S
-            for j in range(ncol):
-                d0 = row[j] - colshift[j]
-                d1 = row[j + S] - colshift[j]
-                d2 = row[j + 2 * S] - colshift[j]
-                d3 = row[j + 3 * S] - colshift[j]
-                dev[j] += (d0 + d1) + (d2 + d3)
-                sq[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-            n += GROUP
-        while n < tl.n1:
-            row = xt + n * S
-            for j in range(ncol):
-                m = row[j] - <double>colshift[j]
-                dev[j] += m
-                sq[j] += m * m
-            n += 1
-        _fold(dev, nc, p.L)
-        _fold(sq, nc, p.L)
-    else:
-        for c in range(0, nc, 16):  # CHANNEL_GROUP
-            _group_dev(base, p, &tl, tl.c0 + c, tl.c0 + min(c + CHANNEL_GROUP, nc), &shift[c],
-                       &dev[c], &sq[c])
+    _reduce_tile(&var_pass, x, x, p, tl, shift, dev, sq)
     for c in range(nc):
         m = shift[c]
         mean_out[c] = m + dev[c] / count
         m2_out[c] = sq[c] - dev[c] * dev[c] / count
-        if (not (mean_out[c] - mean_out[c] == 0 and m2_out[c] - m2_out[c] == 0)
-                or (floating is float and sq[c] < _TINY * count)):
-            _channel_exact(base, NULL, p, &tl, tl.c0 + c, 0.0, &mean_out[c], &m2_out[c])
+        if _needs_exact(floating is float, mean_out[c], m2_out[c], sq[c], -1, count):
+            _channel_exact(x, <const floating*>NULL, p, tl, tl.c0 + c, 0.0, &mean_out[c],
+                           &m2_out[c])
 
 
-cdef void _tile_normalize(const floating* base, floating* out, const _Plan* p, Py_ssize_t t,
-                          const prm_t* prm) noexcept nogil:
-    """out = ((x - hi[c]) - lo[c]) * scale[c] + shift[c] over tile t, in prm's precision.
-
-    prm holds four per-channel rows: hi, lo, scale, shift (see _normalize).
-    """
-    cdef _Tile tl = _tile(p, t)
-    cdef Py_ssize_t run = tl.l1 - tl.l0
-    cdef Py_ssize_t n, c, i, off, j
-    cdef const prm_t* hi = prm
-    cdef const prm_t* lo = prm + p.C
-    cdef const prm_t* sc = prm + 2 * p.C
-    cdef const prm_t* sh = prm + 3 * p.C
-    cdef prm_t mh, ml, a, b
-    cdef prm_t col[4 * TILE_CHANNELS]  # per-column constants when L > 1
-    cdef Py_ssize_t S = p.C * p.L, ncol = (tl.c1 - tl.c0) * run
-    cdef const floating* row
-    cdef floating* o
-    if p.cols:
-        hi = _to_columns(hi, tl.c0, tl.c1, p.L, col)
-        lo = _to_columns(lo, tl.c0, tl.c1, p.L, col + TILE_CHANNELS)
-        sc = _to_columns(sc, tl.c0, tl.c1, p.L, col + 2 * TILE_CHANNELS)
-        sh = _to_columns(sh, tl.c0, tl.c1, p.L, col + 3 * TILE_CHANNELS)
-        for n in range(tl.n0, tl.n1):
-            row = base + n * S + tl.c0 * p.L
-            o = out + n * S + tl.c0 * p.L
-            for j in range(ncol):
-                o[j] = <floating>(((row[j] - hi[j]) - lo[j]) * sc[j] + sh[j])
-    else:
-        for n in range(tl.n0, tl.n1):
-            for c in range(tl.c0, tl.c1):
-                off = (n * p.C + c) * p.L + tl.l0
-                mh = hi[c]
-                ml = lo[c]
-                a = sc[c]
-                b = sh[c]
-                for i in range(off, off + run):
-                    out[i] = <floating>(((base[i] - mh) - ml) * a + b)
-
-
-cdef void _tile_dot(const floating* dy, const floating* x, const _Plan* p, Py_ssize_t t,
-                    const double* center, double* part_dy, double* part_dyx) noexcept nogil:
-    """Per-channel sum(dy) and sum(dy * (x - center)) of tile t, written to its slot row.
+cdef void _tile_dot(const floating* dy, const floating* x, const _Plan* p, const _Tile* tl,
+                    const double* center, double* dy_out, double* dyx_out) noexcept nogil:
+    """sum(dy) and sum(dy * (x - center)) of each channel of a tile: dy_out[c - c0],
+    dyx_out[c - c0] (center[c - c0]).
 
     As in _tile_stats, products are formed and grouped in the input's type against the
     centre rounded to it, m, accumulated in double, and corrected for the rounding:
     sum(dy * (x - center)) = sum(dy * (x - m)) + (m - center) * sum(dy). A channel whose
-    sums are not finite is redone entirely in double.
+    sums are not finite or underflowed is redone entirely in double.
     """
-    cdef _Tile tl = _tile(p, t)
-    cdef Py_ssize_t nc = tl.c1 - tl.c0
-    cdef Py_ssize_t run = tl.l1 - tl.l0
-    cdef Py_ssize_t C = p.C
+    cdef Py_ssize_t nc = tl.c1 - tl.c0, c
+    cdef double count = <double>((tl.n1 - tl.n0) * (tl.l1 - tl.l0))
     cdef double sdy[TILE_CHANNELS]
     cdef double sdyx[TILE_CHANNELS]
     cdef floating cen[TILE_CHANNELS]
-    cdef double count = <double>((tl.n1 - tl.n0) * run)
-    cdef double* dy_out = part_dy + tl.slot * C + tl.c0
-    cdef double* dyx_out = part_dyx + tl.slot * C + tl.c0
-    cdef const double* center_t = center + tl.c0
-    cdef floating colbuf[TILE_CHANNELS]
-    cdef const floating* colcen
-    # columns, as in _tile_stats
-    cdef Py_ssize_t S = C * p.L, ncol = nc * run, off0 = tl.c0 * p.L
-    cdef const floating* g
-    cdef const floating* v
-    cdef Py_ssize_t n, c, j
+    cdef _Grad grad_pass
     for c in range(nc):
-        cen[c] = <floating>center_t[c]
-    for j in range(ncol if p.cols else nc):
-        sdy[j] = 0
-        sdyx[j] = 0
-    if p.cols:
-        colcen = _to_columns(cen, 0, nc, p.L, colbuf)
-        n = tl.n0
-        while n + GROUP <= tl.n1:
-            g = dy + n * S + off0
-            v = x + n * S + off0
-            for j in range(ncol):
-                sdy[j] += (g[j] + g[j + S]) + (g[j + 2 * S] + g[j + 3 * S])
-                sdyx[j] += ((g[j] * (v[j] - colcen[j]) + g[j + S] * (v[j + S] - colcen[j]))
-                            + (g[j + 2 * S] * (v[j + 2 * S] - colcen[j])
-                               + g[j + 3 * S] * (v[j + 3 * S] - colcen[j])))
-            n += GROUP
-        while n < tl.n1:
-            g = dy + n * S + off0
-            v = x + n * S + off0
-            for j in range(ncol):
-                sdy[j] += g[j]
-                sdyx[j] += g[j] * (v[j] - <double>colcen[j])
-            n += 1
-        _fold(sdy, nc, p.L)
-        _fold(sdyx, nc, p.L)
-    else:
-        for c in range(0, nc, 16):  # CHANNEL_GROUP
-            _group_dot(dy, x, p, &tl, tl.c0 + c, tl.c0 + min(c + CHANNEL_GROUP, nc), &cen[c],
-                       &sdy[c], &sdyx[c])
+        cen[c] = <floating>center[c]
+    _reduce_tile(&grad_pass, x, dy, p, tl, cen, sdy, sdyx)
     for c in range(nc):
         dy_out[c] = sdy[c]
-        dyx_out[c] = sdyx[c] + (<double>cen[c] - center_t[c]) * sdy[c]
-        if (not (dy_out[c] - dy_out[c] == 0 and dyx_out[c] - dyx_out[c] == 0)
-                or (floating is float and sdy[c] != 0 and fabs(sdyx[c]) < _TINY * count)):
-            _channel_exact(x, dy, p, &tl, tl.c0 + c, center_t[c], &dy_out[c], &dyx_out[c])
+        dyx_out[c] = sdyx[c] + (<double>cen[c] - center[c]) * sdy[c]
+        if _needs_exact(floating is float, dy_out[c], dyx_out[c], -1, fabs(sdyx[c]), count):
+            _channel_exact(x, dy, p, tl, tl.c0 + c, center[c], &dy_out[c], &dyx_out[c])
 
 
-cdef void _tile_grad_input(const floating* dy, const floating* x, floating* dx,
-                           const _Plan* p, Py_ssize_t t, const double* center,
-                           const double* mean_dy, const double* k,
-                           const double* scale, bint use_x) noexcept nogil:
-    """dx = (dy - mean_dy[c] - (x - center[c]) * k[c]) * scale[c]; dx = dy * scale[c] if not use_x."""
-    cdef _Tile tl = _tile(p, t)
-    cdef Py_ssize_t run = tl.l1 - tl.l0
-    cdef Py_ssize_t n, c, i, off, j
-    cdef double m, a, kk, s
-    cdef double col[4 * TILE_CHANNELS]  # per-column constants when L > 1
-    cdef Py_ssize_t S = p.C * p.L, ncol = (tl.c1 - tl.c0) * run, off0 = tl.c0 * p.L
-    cdef const double* cm = center
-    cdef const double* ca = mean_dy
-    cdef const double* ck = k
-    cdef const double* cs = scale
-    if p.cols:
-        if use_x:  # (center, mean_dy and k may be NULL otherwise)
-            cm = _to_columns(center, tl.c0, tl.c1, p.L, col)
-            ca = _to_columns(mean_dy, tl.c0, tl.c1, p.L, col + TILE_CHANNELS)
-            ck = _to_columns(k, tl.c0, tl.c1, p.L, col + 2 * TILE_CHANNELS)
-        cs = _to_columns(scale, tl.c0, tl.c1, p.L, col + 3 * TILE_CHANNELS)
-        for n in range(tl.n0, tl.n1):
-            off = n * S + off0
-            if use_x:
-                for j in range(ncol):
-                    dx[off + j] = <floating>(
-                        ((dy[off + j] - ca[j]) - (x[off + j] - cm[j]) * ck[j]) * cs[j])
-            else:
-                for j in range(ncol):
-                    dx[off + j] = <floating>(dy[off + j] * cs[j])
-        return
-    if not use_x:
-        for n in range(tl.n0, tl.n1):
-            for c in range(tl.c0, tl.c1):
-                off = (n * p.C + c) * p.L + tl.l0
-                s = scale[c]
-                for i in range(off, off + run):
-                    dx[i] = <floating>(dy[i] * s)
+# One job over many items (tiles, or channels for SLAB): the serial/parallel choice is
+# made here only. Items are independent and write disjoint outputs, so the results do
+# not depend on the team size.
+
+cdef enum JobKind:
+    JOB_STATS            # item = tile: mean, M2 into the tile's slot row of part1/part2
+    JOB_DOT              # item = tile: sum(dy), sum(dy * (x - center)) into part1/part2
+    JOB_NORMALIZE        # item = tile: out = ((x - hi) - lo) * scale + shift (prm)
+    JOB_GRAD_INPUT       # item = tile: grad_input from center, mean_dy, k, scale
+    JOB_SLAB_FORWARD     # item = channel: statistics, then its output
+    JOB_SLAB_BACKWARD    # item = channel: backward sums, then its grad_input
+
+
+cdef struct _Job:
+    JobKind kind
+    const _Plan* p
+    const void* x
+    const void* dy
+    void* out                    # output or grad_input (NULL: none)
+    double* part1                # partial sums per slot (tiles), or per channel (slabs)
+    double* part2
+    double* part3                # JOB_SLAB_FORWARD: invstd
+    const double* center
+    const double* mean_dy
+    const double* k
+    const double* scale          # JOB_SLAB_*: invstd * weight (backward), weight (forward)
+    const double* shift          # JOB_SLAB_FORWARD: bias
+    const double* invstd         # JOB_SLAB_BACKWARD
+    const void* prm              # JOB_NORMALIZE: 4 * C constants, input's type or double
+    bint prm_double
+    bint use_x                   # JOB_GRAD_INPUT, JOB_SLAB_BACKWARD: the training formula
+    bint need_sums               # JOB_SLAB_BACKWARD
+    double eps
+
+
+cdef void _slab_forward(const floating* x, const _Job* j, Py_ssize_t c) noexcept nogil:
+    """Channel c: statistics (as a tile) then the output while the channel is cached."""
+    cdef const _Plan* p = j.p
+    cdef _Tile tl = _slab(p, c)
+    cdef double count = <double>(p.N * p.L)
+    cdef double m, m2, center, scale, shift
+    cdef floating prm[4]
+    cdef double prmd[4]
+    cdef _Norm op
+    _tile_stats(x, p, &tl, &m, &m2)
+    j.part1[c] = m
+    j.part2[c] = m2 / count
+    j.part3[c] = 1.0 / sqrt(j.part2[c] + j.eps)
+    center = m
+    scale = j.part3[c] * j.scale[c]
+    shift = j.shift[c]
+    if _split_constants(1, &center, &scale, &shift, prm):
+        _map_tile(&op, x, x, <floating*>j.out, p, &tl, &prm[0], &prm[1], &prm[2], &prm[3])
     else:
-        for n in range(tl.n0, tl.n1):
-            for c in range(tl.c0, tl.c1):
-                off = (n * p.C + c) * p.L + tl.l0
-                m = center[c]
-                a = mean_dy[c]
-                kk = k[c]
-                s = scale[c]
-                for i in range(off, off + run):
-                    dx[i] = <floating>(((dy[i] - a) - (x[i] - m) * kk) * s)
+        _double_constants(1, &center, &scale, &shift, prmd)
+        _map_tile(&op, x, x, <floating*>j.out, p, &tl, &prmd[0], &prmd[1], &prmd[2],
+                  &prmd[3])
 
 
-# ---------------------------------------------------------------------------------------
-# Channel slabs: one channel over all N and L (shape-dependent choice, so results stay
-# identical for every thread count).
+cdef void _slab_backward(const floating* x, const _Job* j, Py_ssize_t c) noexcept nogil:
+    """Channel c: backward sums (as a tile), then its grad_input while it is cached."""
+    cdef const _Plan* p = j.p
+    cdef _Tile tl = _slab(p, c)
+    cdef double count = <double>(p.N * p.L)
+    cdef double sdy = 0, sdyx = 0, mean_dy, k
+    cdef _GradX with_x
+    cdef _GradDy dy_only
+    if j.need_sums:
+        _tile_dot(<const floating*>j.dy, x, p, &tl, j.center + c, &sdy, &sdyx)
+    j.part1[c] = sdy
+    j.part2[c] = sdyx
+    if j.out == NULL:
+        return
+    mean_dy = sdy / count
+    k = sdyx * j.invstd[c] * j.invstd[c] / count
+    if j.use_x:
+        _map_tile(&with_x, x, <const floating*>j.dy, <floating*>j.out, p, &tl, j.center + c,
+                  &mean_dy, &k, j.scale + c)
+    else:
+        _map_tile(&dy_only, x, <const floating*>j.dy, <floating*>j.out, p, &tl,
+                  <const double*>NULL, <const double*>NULL, <const double*>NULL, j.scale + c)
 
-cdef inline bint _slab_mode(const _Plan* p, size_t itemsize) noexcept nogil:
-    return (p.C >= SLAB_MIN_CHANNELS
-            and <size_t>p.L * itemsize >= <size_t>SLAB_MIN_RUN_BYTES
-            and <size_t>(p.N * p.L) * itemsize <= <size_t>SLAB_BYTES)
 
-
-cdef inline _Tile _slab(const _Plan* p, Py_ssize_t c) noexcept nogil:
+cdef void _job_item(const floating* x, const _Job* j, Py_ssize_t i) noexcept nogil:
+    cdef const _Plan* p = j.p
     cdef _Tile tl
-    tl.n0 = 0
-    tl.n1 = p.N
-    tl.c0 = c
-    tl.c1 = c + 1
-    tl.l0 = 0
-    tl.l1 = p.L
-    tl.slot = 0
-    return tl
-
-
-cdef void _slab_forward(const floating* x, floating* out, const _Plan* p, Py_ssize_t c,
-                        double eps, double w, double b, double* mean, double* var,
-                        double* invstd) noexcept nogil:
-    """Statistics of channel c (as _tile_stats, over the whole slab), then its output."""
-    cdef _Tile tl = _slab(p, c)
-    cdef Py_ssize_t n, i, L = p.L
-    cdef double count = <double>(p.N * L)
-    cdef double acc = 0, dev = 0, sq = 0, m, m2, scale
-    cdef floating zero = 0, shift, hi, lo, sc, sh
-    cdef const floating* r
-    cdef floating* o
-    _group_sum(x, p, &tl, c, c + 1, &acc)
-    shift = <floating>(acc / count)
-    _group_dev(x, p, &tl, c, c + 1, &shift, &dev, &sq)
-    m = shift + dev / count
-    m2 = sq - dev * dev / count
-    if not (m - m == 0 and m2 - m2 == 0) or (floating is float and sq < _TINY * count):
-        _channel_exact(x, NULL, p, &tl, c, 0.0, &m, &m2)
-    mean[0] = m
-    var[0] = m2 / count
-    invstd[0] = 1.0 / sqrt(var[0] + eps)
-    scale = invstd[0] * w
-    hi = <floating>m
-    lo = <floating>(m - <double>hi)
-    sc = <floating>scale
-    sh = <floating>b
-    if (scale - scale == 0 and sc - sc != 0) or (b - b == 0 and sh - sh != 0):
-        # constants that overflow the input's type: this channel in double
-        for n in range(p.N):
-            r = _run_ptr(x, p, n, c, 0)
-            o = out + (r - x)
-            for i in range(L):
-                o[i] = <floating>((r[i] - m) * scale + b)
+    cdef Py_ssize_t C = p.C, off
+    cdef _Norm norm
+    cdef _GradX with_x
+    cdef _GradDy dy_only
+    cdef const floating* pf
+    cdef const double* pd
+    if j.kind == JOB_SLAB_FORWARD:
+        _slab_forward(x, j, i)
         return
-    for n in range(p.N):
-        r = _run_ptr(x, p, n, c, 0)
-        o = out + (r - x)
-        for i in range(L):
-            o[i] = ((r[i] - hi) - lo) * sc + sh
-
-
-cdef void _slab_backward(const floating* dy, const floating* x, floating* dx,
-                         const _Plan* p, Py_ssize_t c, double center, double invstd,
-                         double scale, bint training, bint need_sums,
-                         double* sum_dy, double* sum_dyx) noexcept nogil:
-    """Backward sums of channel c (as _tile_dot, over the whole slab), then its grad_input
-    (when dx is not NULL) while the slab is in cache."""
-    cdef _Tile tl = _slab(p, c)
-    cdef Py_ssize_t n, i, L = p.L
-    cdef double count = <double>(p.N * L)
-    cdef double sdy = 0, sdyx = 0, md, k
-    cdef floating zero = 0, cen = <floating>center
-    cdef const floating* g
-    cdef const floating* r
-    cdef floating* o
-    if need_sums:
-        _group_dot(dy, x, p, &tl, c, c + 1, &cen, &sdy, &sdyx)
-        sdyx += (<double>cen - center) * sdy
-        if (not (sdy - sdy == 0 and sdyx - sdyx == 0)
-                or (floating is float and sdy != 0 and fabs(sdyx) < _TINY * count)):
-            _channel_exact(x, dy, p, &tl, c, center, &sdy, &sdyx)
-    sum_dy[0] = sdy
-    sum_dyx[0] = sdyx
-    if dx == NULL:
+    if j.kind == JOB_SLAB_BACKWARD:
+        _slab_backward(x, j, i)
         return
-    md = sdy / count
-    k = sdyx * invstd * invstd / count
-    for n in range(p.N):
-        g = _run_ptr(dy, p, n, c, 0)
-        o = dx + (g - dy)
-        if training:
-            r = _run_ptr(x, p, n, c, 0)
-            for i in range(L):
-                o[i] = <floating>(((g[i] - md) - (r[i] - center) * k) * scale)
+    tl = _tile(p, i)
+    off = tl.slot * C + tl.c0
+    if j.kind == JOB_STATS:
+        _tile_stats(x, p, &tl, j.part1 + off, j.part2 + off)
+    elif j.kind == JOB_DOT:
+        _tile_dot(<const floating*>j.dy, x, p, &tl, j.center + tl.c0, j.part1 + off,
+                  j.part2 + off)
+    elif j.kind == JOB_NORMALIZE:
+        if j.prm_double:
+            pd = <const double*>j.prm + tl.c0
+            _map_tile(&norm, x, x, <floating*>j.out, p, &tl, pd, pd + C, pd + 2 * C,
+                      pd + 3 * C)
         else:
-            for i in range(L):
-                o[i] = <floating>(g[i] * scale)
+            pf = <const floating*>j.prm + tl.c0
+            _map_tile(&norm, x, x, <floating*>j.out, p, &tl, pf, pf + C, pf + 2 * C,
+                      pf + 3 * C)
+    elif j.use_x:
+        _map_tile(&with_x, x, <const floating*>j.dy, <floating*>j.out, p, &tl,
+                  j.center + tl.c0, j.mean_dy + tl.c0, j.k + tl.c0, j.scale + tl.c0)
+    else:
+        _map_tile(&dy_only, x, <const floating*>j.dy, <floating*>j.out, p, &tl,
+                  <const double*>NULL, <const double*>NULL, <const double*>NULL,
+                  j.scale + tl.c0)
+
+
+cdef void _for_items(const floating* x, const _Job* j, Py_ssize_t n_items,
+                     int n_threads) noexcept nogil:
+    """Run job j on items 0..n_items-1: serially when one thread would run (entering an
+    OpenMP region costs ~0.5 us even with if(false)), else with a static schedule (item
+    order is memory order) on a team of at most n_items threads."""
+    cdef int team = n_threads if n_threads < n_items else <int>n_items
+    cdef Py_ssize_t i
+    if team <= 1:
+        for i in range(n_items):
+            _job_item(x, j, i)
+    else:
+        for i in prange(n_items, schedule='static', num_threads=team):
+            _job_item(x, j, i)
+
+
+cdef inline void _job_init(_Job* j, JobKind kind, const _Plan* p) noexcept nogil:
+    j.kind = kind
+    j.p = p
+    j.x = j.dy = j.prm = NULL
+    j.out = NULL
+    j.part1 = j.part2 = j.part3 = NULL
+    j.center = j.mean_dy = j.k = j.scale = j.shift = j.invstd = NULL
+    j.prm_double = j.use_x = j.need_sums = False
+    j.eps = 0
 
 
 # ---------------------------------------------------------------------------------------
-# Whole-array drivers (nogil). Each returns -1 when scratch memory cannot be allocated.
+# 4. Whole-array drivers (nogil). Each returns -1 when scratch memory cannot be allocated.
+
+cdef double* _tile_sums(JobKind kind, const floating* x, const floating* dy, const _Plan* p,
+                       int n_threads, const double* center) noexcept nogil:
+    """Run a per-tile reduction (JOB_STATS or JOB_DOT) over every tile; return its partial
+    sums, two rows of n_slots x C doubles (slot-major; free() them), or NULL when they
+    cannot be allocated."""
+    cdef double* part = <double*> malloc(2 * p.n_slots * p.C * sizeof(double))
+    cdef _Job j
+    if part == NULL:
+        return NULL
+    _job_init(&j, kind, p)
+    j.dy = dy
+    j.center = center
+    j.part1 = part
+    j.part2 = part + p.n_slots * p.C
+    _for_items(x, &j, p.n_tiles, n_threads)
+    return part
+
 
 cdef int _stats(const floating* x, const _Plan* p, int n_threads,
                 double* mean, double* m2) noexcept nogil:
     """Per-channel mean and M2 = sum((x - mean)^2) over N and L (Chan's merge in tile order)."""
     cdef Py_ssize_t S = p.n_slots, C = p.C
-    cdef double* part = <double*> malloc(2 * S * C * sizeof(double))
+    cdef double* part = _tile_sums(JOB_STATS, x, x, p, n_threads, NULL)
     cdef double* part_mean = part
     cdef double* part_m2 = part + S * C
-    cdef Py_ssize_t t, s, c, l_len, n_len
+    cdef Py_ssize_t s, c, l_len, n_len
     cdef double n_a, n_b, n_ab, w_b, w_ab, delta
     if part == NULL:
         return -1
-    if _team(p, n_threads) == 1:  # no OpenMP region: entering one costs ~0.5 us
-        for t in range(p.n_tiles):
-            _tile_stats(x, p, t, part_mean, part_m2)
-    else:
-        for t in prange(p.n_tiles, schedule='static', num_threads=_team(p, n_threads)):
-            _tile_stats(x, p, t, part_mean, part_m2)
     for c in range(C):
         mean[c] = part_mean[c]
         m2[c] = part_m2[c]
@@ -824,53 +943,27 @@ cdef int _stats(const floating* x, const _Plan* p, int n_threads,
 cdef int _normalize(const floating* x, floating* out, const _Plan* p, int n_threads,
                     const double* center, const double* scale,
                     const double* shift) noexcept nogil:
-    """out = (x - center) * scale + shift per channel, computed in the input's precision.
-
-    The centre is split into hi + lo with hi = center rounded to the input's precision:
-    x - hi is exact when x is near the centre (Sterbenz), which is where |mean| >> std
-    would otherwise cancel digits, and a constant channel (x == center) gives exactly
-    shift. Float input thus runs in float vectors, twice as wide as double ones.
-    Returns -1 when the parameter buffer cannot be allocated.
-    """
-    cdef Py_ssize_t C = p.C, t, c
+    """out = (x - center) * scale + shift per channel, in the input's precision when the
+    constants fit it (_split_constants), else in double."""
+    cdef Py_ssize_t C = p.C
     cdef floating* prm = <floating*> malloc(4 * C * sizeof(floating))
-    cdef double* prmd
-    cdef bint fits = True
+    cdef double* prmd = NULL
+    cdef _Job j
     if prm == NULL:
         return -1
-    for c in range(C):
-        prm[c] = <floating>center[c]
-        prm[C + c] = <floating>(center[c] - <double>prm[c])
-        prm[2 * C + c] = <floating>scale[c]
-        prm[3 * C + c] = <floating>shift[c]
-        # a finite double constant that overflows the input's type
-        if ((scale[c] - scale[c] == 0 and prm[2 * C + c] - prm[2 * C + c] != 0)
-                or (shift[c] - shift[c] == 0 and prm[3 * C + c] - prm[3 * C + c] != 0)):
-            fits = False
-    if fits:
-        if _team(p, n_threads) == 1:  # no OpenMP region: entering one costs ~0.5 us
-            for t in range(p.n_tiles):
-                _tile_normalize(x, out, p, t, prm)
-        else:
-            for t in prange(p.n_tiles, schedule='static', num_threads=_team(p, n_threads)):
-                _tile_normalize(x, out, p, t, prm)
-        free(prm)
-        return 0
+    _job_init(&j, JOB_NORMALIZE, p)
+    j.out = out
+    j.prm = prm
+    if not _split_constants(C, center, scale, shift, prm):
+        prmd = <double*> malloc(4 * C * sizeof(double))
+        if prmd == NULL:
+            free(prm)
+            return -1
+        _double_constants(C, center, scale, shift, prmd)
+        j.prm = prmd
+        j.prm_double = True
+    _for_items(x, &j, p.n_tiles, n_threads)
     free(prm)
-    prmd = <double*> malloc(4 * C * sizeof(double))
-    if prmd == NULL:
-        return -1
-    for c in range(C):
-        prmd[c] = center[c]
-        prmd[C + c] = 0
-        prmd[2 * C + c] = scale[c]
-        prmd[3 * C + c] = shift[c]
-    if _team(p, n_threads) == 1:  # no OpenMP region: entering one costs ~0.5 us
-        for t in range(p.n_tiles):
-            _tile_normalize(x, out, p, t, prmd)
-    else:
-        for t in prange(p.n_tiles, schedule='static', num_threads=_team(p, n_threads)):
-            _tile_normalize(x, out, p, t, prmd)
     free(prmd)
     return 0
 
@@ -879,18 +972,12 @@ cdef int _dot(const floating* dy, const floating* x, const _Plan* p, int n_threa
               const double* center, double* sum_dy, double* sum_dyx) noexcept nogil:
     """Per-channel sum(dy) and sum(dy * (x - center)), partials added in tile order."""
     cdef Py_ssize_t S = p.n_slots, C = p.C
-    cdef double* part = <double*> malloc(2 * S * C * sizeof(double))
+    cdef double* part = _tile_sums(JOB_DOT, x, dy, p, n_threads, center)
     cdef double* part_dy = part
     cdef double* part_dyx = part + S * C
-    cdef Py_ssize_t t, s, c
+    cdef Py_ssize_t s, c
     if part == NULL:
         return -1
-    if _team(p, n_threads) == 1:  # no OpenMP region: entering one costs ~0.5 us
-        for t in range(p.n_tiles):
-            _tile_dot(dy, x, p, t, center, part_dy, part_dyx)
-    else:
-        for t in prange(p.n_tiles, schedule='static', num_threads=_team(p, n_threads)):
-            _tile_dot(dy, x, p, t, center, part_dy, part_dyx)
     for c in range(C):
         sum_dy[c] = 0
         sum_dyx[c] = 0
@@ -905,13 +992,18 @@ cdef int _dot(const floating* dy, const floating* x, const _Plan* p, int n_threa
 cdef void _grad_input(const floating* dy, const floating* x, floating* dx, const _Plan* p,
                       int n_threads, const double* center, const double* mean_dy,
                       const double* k, const double* scale, bint use_x) noexcept nogil:
-    cdef Py_ssize_t t
-    if _team(p, n_threads) == 1:  # no OpenMP region: entering one costs ~0.5 us
-        for t in range(p.n_tiles):
-            _tile_grad_input(dy, x, dx, p, t, center, mean_dy, k, scale, use_x)
-    else:
-        for t in prange(p.n_tiles, schedule='static', num_threads=_team(p, n_threads)):
-            _tile_grad_input(dy, x, dx, p, t, center, mean_dy, k, scale, use_x)
+    """dx = (dy - mean_dy[c] - (x - center[c]) * k[c]) * scale[c]; dx = dy * scale[c] if
+    not use_x (then center, mean_dy and k may be NULL)."""
+    cdef _Job j
+    _job_init(&j, JOB_GRAD_INPUT, p)
+    j.dy = dy
+    j.out = dx
+    j.center = center
+    j.mean_dy = mean_dy
+    j.k = k
+    j.scale = scale
+    j.use_x = use_x
+    _for_items(x, &j, p.n_tiles, n_threads)
 
 
 cdef double* _alloc_channels(Py_ssize_t C, int k) except NULL:
@@ -929,24 +1021,63 @@ cdef inline bint _empty(Py_ssize_t N, Py_ssize_t C, Py_ssize_t L) noexcept nogil
 # Python-visible kernels. Shapes: x, out, grad_* are (N, C, L); per-channel arrays (C,).
 # Optional per-channel parameters (weight, bias) may be None.
 
+# The decomposed surface: the passes of a forward and a backward as separate calls, for
+# SyncBatchNorm (cybn.functional runs them around its reduction across processes). Typed
+# memoryviews: these are called once per step on whole batches, not in small-call loops.
+
+cdef _sums(JobKind kind, const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
+           const double[::1] center, double[::1] out1, double[::1] out2, int n_threads):
+    # the two reductions: zeros for an empty array, else _stats or _dot over the tiles
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c
+    cdef _Plan p
+    cdef int rc
+    if _empty(N, C, L):
+        for c in range(C):
+            out1[c] = 0
+            out2[c] = 0
+        return
+    p = _make_plan(N, C, L, sizeof(floating), False)
+    with nogil:
+        if kind == JOB_STATS:
+            rc = _stats(&x[0, 0, 0], &p, n_threads, &out1[0], &out2[0])
+        else:
+            rc = _dot(&dy[0, 0, 0], &x[0, 0, 0], &p, n_threads, &center[0], &out1[0],
+                      &out2[0])
+    if rc != 0:
+        raise MemoryError()
+
+
+cdef _elementwise(JobKind kind, const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
+                  const double[::1] center, const double[::1] mean_dy, const double[::1] k,
+                  const double[::1] scale, const double[::1] shift, floating[:, :, ::1] out,
+                  int n_threads):
+    # the two elementwise passes: _normalize (center, scale, shift) or _grad_input (center,
+    # mean_dy, k, scale; k None: dy * scale); the arrays a pass does not use are not read
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef bint use_x = k is not None
+    cdef _Plan p
+    cdef int rc = 0
+    if _empty(N, C, L):
+        return
+    p = _make_plan(N, C, L, sizeof(floating), False)
+    with nogil:
+        if kind == JOB_NORMALIZE:
+            rc = _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads, &center[0], &scale[0],
+                            &shift[0])
+        else:
+            _grad_input(&dy[0, 0, 0], &x[0, 0, 0], &out[0, 0, 0], &p, n_threads, &center[0],
+                        &mean_dy[0] if use_x else NULL, &k[0] if use_x else NULL, &scale[0],
+                        use_x)
+    if rc != 0:
+        raise MemoryError()
+
+
 def batch_stats(const floating[:, :, ::1] x,   # IN  (N, C, L)
                 double[::1] mean,              # OUT (C,) batch mean
                 double[::1] m2,                # OUT (C,) sum of squared deviations
                 int n_threads):
     """Per-channel mean and M2 = sum((x - mean)^2) over N and L; zeros when N * L == 0."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c
-    cdef _Plan p
-    cdef int rc = 0
-    if _empty(N, C, L):
-        for c in range(C):
-            mean[c] = 0
-            m2[c] = 0
-        return
-    p = _make_plan(N, C, L)
-    with nogil:
-        rc = _stats(&x[0, 0, 0], &p, n_threads, &mean[0], &m2[0])
-    if rc != 0:
-        raise MemoryError()
+    _sums(JOB_STATS, x, x, mean, mean, m2, n_threads)  # (no centre: mean is not read)
 
 
 def normalize(const floating[:, :, ::1] x,     # IN  (N, C, L)
@@ -956,17 +1087,7 @@ def normalize(const floating[:, :, ::1] x,     # IN  (N, C, L)
               floating[:, :, ::1] out,         # OUT (N, C, L)
               int n_threads):
     """out = (x - center) * scale + shift, per channel (see _normalize for the precision)."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
-    cdef _Plan p
-    cdef int rc
-    if _empty(N, C, L):
-        return
-    p = _make_plan(N, C, L)
-    with nogil:
-        rc = _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads,
-                        &center[0], &scale[0], &shift[0])
-    if rc != 0:
-        raise MemoryError()
+    _elementwise(JOB_NORMALIZE, x, x, center, center, center, scale, shift, out, n_threads)
 
 
 cdef void _affine(Py_ssize_t C, const double* invstd, const param_t* weight,
@@ -1061,6 +1182,27 @@ cdef inline Py_ssize_t _dim(const _Args* a, int i, int k) noexcept:
     return a.b[i].shape[k]
 
 
+cdef int _forward_args(_Args* a, x, weight, bias, running_mean, running_var, out,
+                       Py_ssize_t xsize, Py_ssize_t psize, bint training,
+                       void** ptrs) except -1:
+    """The arrays both forward kernels take, acquired as buffers 0-5 of `a` into ptrs:
+    x, weight, bias, running_mean, running_var, out. In training the running statistics
+    are optional (both or neither: running_var is required when running_mean is given)
+    and updated, so writable; in evaluation both are read."""
+    cdef int i
+    ptrs[0] = _arg(a, x, b"x", 3, xsize, False, False)
+    ptrs[1] = _arg(a, weight, b"weight", 1, psize, False, True)
+    ptrs[2] = _arg(a, bias, b"bias", 1, psize, False, True)
+    ptrs[3] = _arg(a, running_mean, b"running_mean", 1, psize, training, training)
+    ptrs[4] = _arg(a, running_var, b"running_var", 1, psize, training,
+                   training and running_mean is None)
+    ptrs[5] = _arg(a, out, b"out", 3, xsize, True, False)
+    for i in range(1, 5):
+        _shape(a, i, _dim(a, 0, 1), -1, -1, b"per-channel")
+    _shape(a, 5, _dim(a, 0, 0), _dim(a, 0, 1), _dim(a, 0, 2), b"out")
+    return 0
+
+
 def forward_training(floating x_type, param_t p_type,
                      x,                                # IN  (N, C, L)
                      weight,                           # IN  (C,) or None
@@ -1101,38 +1243,39 @@ def forward_training(floating x_type, param_t p_type,
     cdef double* buf = NULL
     cdef double count
     cdef _Plan p
+    cdef _Job job
+    cdef void* ptrs[6]
     cdef int rc = 0
     a.n = 0
     try:
-        px = <const floating*>_arg(&a, x, b"x", 3, sizeof(floating), False, False)
+        _forward_args(&a, x, weight, bias, running_mean, running_var, out, sizeof(floating),
+                      sizeof(param_t), True, ptrs)
+        px, pw, pb = <const floating*>ptrs[0], <const param_t*>ptrs[1], <const param_t*>ptrs[2]
+        prm, prv, po = <param_t*>ptrs[3], <param_t*>ptrs[4], <floating*>ptrs[5]
         N, C, L = _dim(&a, 0, 0), _dim(&a, 0, 1), _dim(&a, 0, 2)
-        pw = <const param_t*>_arg(&a, weight, b"weight", 1, sizeof(param_t), False, True)
-        pb = <const param_t*>_arg(&a, bias, b"bias", 1, sizeof(param_t), False, True)
-        prm = <param_t*>_arg(&a, running_mean, b"running_mean", 1, sizeof(param_t), True, True)
-        prv = <param_t*>_arg(&a, running_var, b"running_var", 1, sizeof(param_t), True,
-                             running_mean is None)
-        po = <floating*>_arg(&a, out, b"out", 3, sizeof(floating), True, False)
         mean = <double*>_arg(&a, stats, b"stats", 2, sizeof(double), True, False)
-        for c in range(1, 5):
-            _shape(&a, c, C, -1, -1, b"per-channel")
-        _shape(&a, 5, N, C, L, b"out")
         _shape(&a, 6, 3, C, -1, b"stats")
         if _empty(N, C, L):
             return 0
         invstd = mean + C
         var = mean + 2 * C
         count = <double>(N * L)
-        p = _make_plan(N, C, L)
+        p = _make_plan(N, C, L, sizeof(floating), not check_finite)
         buf = _alloc_channels(C, 2)
         with nogil:
-            if not check_finite and _slab_mode(&p, sizeof(floating)):
+            if p.schedule == SLAB:
                 for c in range(C):
                     buf[c] = pw[c] if pw != NULL else 1.0
                     buf[C + c] = pb[c] if pb != NULL else 0.0
-                for c in prange(C, schedule='static', num_threads=_slab_team(&p, n_threads),
-                                use_threads_if=_slab_team(&p, n_threads) > 1):
-                    _slab_forward(px, po, &p, c, eps, buf[c], buf[C + c], &mean[c], &var[c],
-                                  &invstd[c])
+                _job_init(&job, JOB_SLAB_FORWARD, &p)
+                job.out = po
+                job.part1 = mean
+                job.part2 = var
+                job.part3 = invstd
+                job.scale = buf
+                job.shift = buf + C
+                job.eps = eps
+                _for_items(px, &job, C, n_threads)
                 if prm != NULL:
                     _update(C, prm, prv, mean, var, var_scale, factor)
             else:
@@ -1141,8 +1284,7 @@ def forward_training(floating x_type, param_t p_type,
                     for c in range(C):
                         var[c] = var[c] / count
                         invstd[c] = 1.0 / sqrt(var[c] + eps)
-                        if check_finite and not (mean[c] - mean[c] == 0
-                                                 and var[c] - var[c] == 0):
+                        if check_finite and not (_finite(mean[c]) and _finite(var[c])):
                             bad += 1
                     if bad == 0:
                         _affine(C, invstd, pw, pb, buf, buf + C)
@@ -1184,22 +1326,16 @@ def forward_inference(floating x_type, param_t p_type,
     cdef double* pst
     cdef double* buf = NULL
     cdef _Plan p
+    cdef void* ptrs[6]
     cdef int rc = 0
     a.n = 0
     try:
-        px = <const floating*>_arg(&a, x, b"x", 3, sizeof(floating), False, False)
+        _forward_args(&a, x, weight, bias, running_mean, running_var, out, sizeof(floating),
+                      sizeof(param_t), False, ptrs)
+        px, pw, pb = <const floating*>ptrs[0], <const param_t*>ptrs[1], <const param_t*>ptrs[2]
+        prm, prv, po = <const param_t*>ptrs[3], <const param_t*>ptrs[4], <floating*>ptrs[5]
         N, C, L = _dim(&a, 0, 0), _dim(&a, 0, 1), _dim(&a, 0, 2)
-        pw = <const param_t*>_arg(&a, weight, b"weight", 1, sizeof(param_t), False, True)
-        pb = <const param_t*>_arg(&a, bias, b"bias", 1, sizeof(param_t), False, True)
-        prm = <const param_t*>_arg(&a, running_mean, b"running_mean", 1, sizeof(param_t),
-                                   False, False)
-        prv = <const param_t*>_arg(&a, running_var, b"running_var", 1, sizeof(param_t),
-                                   False, False)
-        po = <floating*>_arg(&a, out, b"out", 3, sizeof(floating), True, False)
         pst = <double*>_arg(&a, stats, b"stats", 2, sizeof(double), True, True)
-        for c in range(1, 5):
-            _shape(&a, c, C, -1, -1, b"per-channel")
-        _shape(&a, 5, N, C, L, b"out")
         _shape(&a, 6, 2, C, -1, b"stats")
         if C == 0:
             return
@@ -1213,7 +1349,7 @@ def forward_inference(floating x_type, param_t p_type,
                     pst[c] = buf[c]
                     pst[C + c] = buf[C + c]
             if not _empty(N, C, L):
-                p = _make_plan(N, C, L)
+                p = _make_plan(N, C, L, sizeof(floating), False)
                 _affine(C, buf + C, pw, pb, buf + 2 * C, buf + 3 * C)
                 rc = _normalize(px, po, &p, n_threads, buf, buf + 2 * C, buf + 3 * C)
     finally:
@@ -1230,20 +1366,7 @@ def backward_reduce(const floating[:, :, ::1] grad_output,  # IN  (N, C, L)
                     double[::1] sum_dy_xmu,                 # OUT (C,) sum(dy * (x - center))
                     int n_threads):
     """Per-channel sum(dy) and sum(dy * (x - center)) over N and L; zeros when empty."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], c
-    cdef _Plan p
-    cdef int rc
-    if _empty(N, C, L):
-        for c in range(C):
-            sum_dy[c] = 0
-            sum_dy_xmu[c] = 0
-        return
-    p = _make_plan(N, C, L)
-    with nogil:
-        rc = _dot(&grad_output[0, 0, 0], &x[0, 0, 0], &p, n_threads, &center[0],
-                  &sum_dy[0], &sum_dy_xmu[0])
-    if rc != 0:
-        raise MemoryError()
+    _sums(JOB_DOT, x, grad_output, center, sum_dy, sum_dy_xmu, n_threads)
 
 
 def backward_input(const floating[:, :, ::1] grad_output,  # IN  (N, C, L)
@@ -1255,16 +1378,8 @@ def backward_input(const floating[:, :, ::1] grad_output,  # IN  (N, C, L)
                    floating[:, :, ::1] grad_input,         # OUT (N, C, L)
                    int n_threads):
     """grad_input = (dy - mean_dy - (x - center) * k) * scale; = dy * scale when k is None."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
-    cdef bint use_x = k is not None
-    cdef _Plan p
-    if _empty(N, C, L):
-        return
-    p = _make_plan(N, C, L)
-    with nogil:
-        _grad_input(&grad_output[0, 0, 0], &x[0, 0, 0], &grad_input[0, 0, 0], &p, n_threads,
-                    &center[0], &mean_dy[0] if use_x else NULL, &k[0] if use_x else NULL,
-                    &scale[0], use_x)
+    _elementwise(JOB_GRAD_INPUT, x, grad_output, center, mean_dy, k, scale, scale, grad_input,
+                 n_threads)
 
 
 cdef int _backward(const floating* grad_output, const floating* x, Py_ssize_t N,
@@ -1276,7 +1391,7 @@ cdef int _backward(const floating* grad_output, const floating* x, Py_ssize_t N,
     cdef bint need_sums = training or grad_weight != NULL or grad_bias != NULL
     cdef double* buf
     cdef _Plan p
-    cdef _Plan p0 = _make_plan(N if N > 0 else 1, C if C > 0 else 1, L if L > 0 else 1)
+    cdef _Job job
     cdef Py_ssize_t c
     cdef int rc = 0
     if C == 0:
@@ -1287,24 +1402,31 @@ cdef int _backward(const floating* grad_output, const floating* x, Py_ssize_t N,
     # buf: [sum_dy | sum_dy_xmu | scale | mean_dy | k]
     for c in range(2 * C):
         buf[c] = 0
-    if not _empty(N, C, L) and _slab_mode(&p0, sizeof(floating)):
+    if not _empty(N, C, L):
+        p = _make_plan(N, C, L, sizeof(floating), True)
         for c in range(C):
             buf[2 * C + c] = invstd[c] * weight[c] if weight != NULL else invstd[c]
-        for c in prange(C, schedule='static', num_threads=_slab_team(&p0, n_threads),
-                        use_threads_if=_slab_team(&p0, n_threads) > 1):
-            _slab_backward(grad_output, x, grad_input, &p0, c, center[c], invstd[c],
-                           buf[2 * C + c], training, need_sums, &buf[c], &buf[C + c])
-    elif not _empty(N, C, L):
-        p = _make_plan(N, C, L)
-        if need_sums:
-            rc = _dot(grad_output, x, &p, n_threads, center, buf, buf + C)
-        if rc == 0 and grad_input != NULL:
-            for c in range(C):
-                buf[2 * C + c] = invstd[c] * weight[c] if weight != NULL else invstd[c]
-                buf[3 * C + c] = buf[c] / count
-                buf[4 * C + c] = buf[C + c] * invstd[c] * invstd[c] / count
-            _grad_input(grad_output, x, grad_input, &p, n_threads, center, buf + 3 * C,
-                        buf + 4 * C, buf + 2 * C, training)
+        if p.schedule == SLAB:
+            _job_init(&job, JOB_SLAB_BACKWARD, &p)
+            job.dy = grad_output
+            job.out = grad_input
+            job.part1 = buf
+            job.part2 = buf + C
+            job.center = center
+            job.invstd = invstd
+            job.scale = buf + 2 * C
+            job.use_x = training
+            job.need_sums = need_sums
+            _for_items(x, &job, C, n_threads)
+        else:
+            if need_sums:
+                rc = _dot(grad_output, x, &p, n_threads, center, buf, buf + C)
+            if rc == 0 and grad_input != NULL:
+                for c in range(C):
+                    buf[3 * C + c] = buf[c] / count
+                    buf[4 * C + c] = buf[C + c] * invstd[c] * invstd[c] / count
+                _grad_input(grad_output, x, grad_input, &p, n_threads, center, buf + 3 * C,
+                            buf + 4 * C, buf + 2 * C, training)
     if rc == 0:
         for c in range(C):
             if grad_weight != NULL:

@@ -152,6 +152,16 @@ class _Collective:
         self.module = module
         self.done = False
 
+    def run(self, step, arg):
+        """``step(arg, reduce=self)``, making this collective exactly once on this rank
+        even when ``step`` fails before reaching it."""
+        try:
+            return step(arg, reduce=self)
+        except Exception:
+            if not self.done:
+                self.fail()  # this rank's argument was invalid: the others raise too
+            raise
+
     def _allreduce(self, buf, op):
         self.done = True
         self.module.comm.Allreduce(self.module._MPI.IN_PLACE, buf, op)
@@ -444,13 +454,7 @@ class SyncBatchNorm(_BatchNorm):
                 and isinstance(input, np.ndarray) and input.ndim >= 2
                 and -input.ndim <= self.axis < input.ndim):
             C = input.shape[self.axis]  # no per-channel state: any C (the same everywhere)
-        reduce = _StatsReduce(self, C, getattr(input, "shape", ()))
-        try:
-            return self._forward(input, reduce=reduce)
-        except Exception:
-            if not reduce.done:
-                reduce.fail()  # this rank's input was invalid: the others raise too
-            raise
+        return _StatsReduce(self, C, getattr(input, "shape", ())).run(self._forward, input)
 
     def backward(self, grad_output):
         """Back-propagate through the last forward; after a training forward, collective.
@@ -481,9 +485,4 @@ class SyncBatchNorm(_BatchNorm):
         if cache is None or not cache.reduced:
             return self._backward(grad_output)  # after an evaluation forward: local
         reduce = _SumsReduce(self, cache.stats[0].shape[0], cache.count)
-        try:
-            return self._backward(grad_output, reduce=reduce)
-        except Exception:
-            if not reduce.done:
-                reduce.fail()  # this rank's grad_output was invalid: the others raise too
-            raise
+        return reduce.run(self._backward, grad_output)

@@ -299,18 +299,17 @@ def constant_data(v, dt, shape):
 # ---------------------------------------------------------------------------------------
 # the stated bounds (cybn); docs/accuracy.md prints them, check_bounds implements them
 
-TILE_ELEMS, TILE_CHANNELS, COLUMNS_MAX_L = 65536, 1024, 64
+def tiles_per_channel(shape, itemsize=4):
+    """M: how many tiles one channel's statistics are merged from, as the kernel plans them
+    (``cybn._kernels.plan_info``: the tiling is read from the kernel, not copied). The
+    tile count is used for every schedule; a slab takes one channel as one tile, for which
+    it is an upper bound, so the bounds stay valid and identical across schedules."""
+    from cybn import _kernels
 
-
-def tiles_per_channel(shape):
-    """M: how many tiles one channel is spread over (cybn/_kernels_impl.pxi, _make_plan)."""
     N, C = shape[0], shape[1]
     L = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-    tl = min(L, TILE_ELEMS)
-    per_tile = TILE_CHANNELS // L if L < COLUMNS_MAX_L else TILE_ELEMS // tl
-    tc = max(1, min(per_tile, TILE_CHANNELS, C))
-    tn = max(1, min(N, TILE_ELEMS // (tc * tl)))
-    return -(-N // tn) * -(-L // tl)
+    plan = _kernels.plan_info(max(N, 1), max(C, 1), max(L, 1), itemsize, False)
+    return plan["bn"] * plan["bl"]
 
 
 #: (quantity, bound) as printed in docs/accuracy.md
