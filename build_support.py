@@ -6,6 +6,7 @@ switches (CYBN_OPENMP, CYBN_REQUIRE_OPENMP, CYBN_AVX2, CYBN_DEBUG): docs/buildin
 Not installed: it ships in the sdist (MANIFEST.in) and runs only at build time.
 """
 
+import hashlib
 import json
 import os
 import pprint
@@ -18,7 +19,7 @@ import tempfile
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError, LinkError, PlatformError
 
-# Release directives, applied to every module. CYBN_DEBUG=1 overrides DEBUG_DIRECTIVES.
+# Release directives of the .pyx modules. CYBN_DEBUG=1 overrides DEBUG_DIRECTIVES.
 COMPILER_DIRECTIVES = {
     "language_level": 3,
     "boundscheck": False,
@@ -32,6 +33,12 @@ COMPILER_DIRECTIVES = {
     "binding": True,
 }
 DEBUG_DIRECTIVES = {"boundscheck": True, "wraparound": True, "initializedcheck": True}
+# Plain Python modules compiled by Cython keep Python's semantics: Cython's defaults for
+# indexing (negative indices wrap, bounds are checked) and division, which the .pyx
+# directives above turn off (with wraparound off, `shape[-1]` reads out of bounds).
+PYTHON_DIRECTIVES = {key: COMPILER_DIRECTIVES[key] for key in
+                     ("language_level", "autotestdict", "freethreading_compatible",
+                      "embedsignature", "binding")}
 
 # The module compiled with AVX2 (x86-64 targets only), and its flags per compiler.
 AVX2_MODULE = "cybn._kernels_avx2"
@@ -190,6 +197,12 @@ class CybnBuildExt(build_ext):
         from Cython.Build import cythonize
 
         debug = env_flag("CYBN_DEBUG", False)
+        # Python modules compiled by Cython, and the hash of the source compiled: an
+        # in-place build imports the compiled module, so a later edit of the .py is not
+        # seen until the next build (tests/test_packaging.py checks the record)
+        self._compiled_python = {
+            src.replace(os.sep, "/"): _sha256(src)
+            for ext in self.extensions for src in ext.sources if src.endswith(".py")}
         openmp = self._choose_openmp()
         omp_compile, omp_link = openmp if openmp is not None else ([], [])
 
@@ -230,9 +243,10 @@ class CybnBuildExt(build_ext):
             self.force = True  # regenerate the C and recompile every module
 
         for ext in self.extensions:
+            python = ext.sources[0].endswith(".py")
             (cythonized,) = cythonize(
                 [ext],
-                compiler_directives=directives,
+                compiler_directives=PYTHON_DIRECTIVES if python else directives,
                 # Generated C lives in build_temp (per interpreter and platform), not in cybn/.
                 build_dir=os.path.join(self.build_temp, "cython"),
                 force=self.force,
@@ -319,6 +333,7 @@ class CybnBuildExt(build_ext):
             "avx2_args": facts["avx2_args"],
             "cython_version": facts["cython_version"],
             "cython_directives": dict(sorted(facts["directives"].items())),
+            "compiled_python": dict(sorted(self._compiled_python.items())),
             "compiler_type": ctype,
             "compiler": exe,
             "compiler_version": version,
@@ -340,6 +355,11 @@ class CybnBuildExt(build_ext):
                 f"BUILD_CONFIG = {pprint.pformat(record, sort_dicts=False)}\n"
             )
         print(f"cybn: wrote build record {path}", flush=True)
+
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def x86_64_target():

@@ -92,10 +92,8 @@ def effective_n_threads(n_threads=None) -> int:
     if not _OPENMP or _forked_child:
         return 1
     if n_threads is None:
-        n = omp_max_threads()
-        if not _OMP_ENV:
-            n = min(n, _usable_cpus())
-        return max(1, n)
+        n = omp_max_threads()  # >= 1, as _cpus
+        return n if _OMP_ENV or n <= _cpus else _cpus
     if n_threads < 0:
         return max(1, _usable_cpus() + 1 + n_threads)
     return n_threads
