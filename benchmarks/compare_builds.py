@@ -14,8 +14,10 @@ return bitwise-identical results for each case, and times them round-robin.
 
 Cases: the shapes of ``benchmarks/compare.py`` (SHAPES below, equal to its DEFAULT_SHAPES:
 every kernel schedule), float32 and float64, training forward, backward (all three gradients)
-and evaluation forward through ``cybn.functional``, at 1 and 2 threads; plus the legacy-code
-calls of ``benchmarks/legacy.py`` (``cybn.compat``), which are where per-call overhead shows.
+and evaluation forward through ``cybn.functional``, at 1 and 2 threads; the kernel's
+numerical fallbacks (FALLBACK_SHAPES: underflowing float32 data, overflowing constants);
+plus the legacy-code calls of ``benchmarks/legacy.py`` (``cybn.compat``), which are where
+per-call overhead shows.
 """
 
 import argparse
@@ -96,6 +98,32 @@ def functional_cases(pkg, shape, dtype, nt, rng_seed=0):
     }
 
 
+# The kernel's numerical fallbacks (cybn/_kernels_impl.pxi, section 2), each triggered on
+# every channel: float32 data so small that its squares underflow (mean square < 1e-30:
+# statistics and backward sums redone in double per channel, _channel_exact), and
+# normalisation constants that overflow float32 (running_var 0, eps 1e-80: invstd 1e40,
+# so the output pass runs with double constants, _double_constants).
+FALLBACK_SHAPES = ((4096, 64), (64, 32, 256))
+
+
+def fallback_cases(pkg, shape, nt):
+    F = pkg.functional
+    rng = np.random.default_rng(2)
+    C = shape[1]
+    tiny = (rng.standard_normal(shape) * 1e-20).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    x = (rng.standard_normal(shape) * 1e-36).astype(np.float32)  # finite outputs ~1e4
+    w, b = np.ones(C, np.float32), np.zeros(C, np.float32)
+    _, sm, si = F.batch_norm_forward(tiny, w, b, None, None, True, 0.1, 1e-5, n_threads=nt)
+    zero_var = np.zeros(C, np.float32)
+    return {
+        "fwd_train tiny": lambda: F.batch_norm_forward(tiny, w, b, None, None, True, 0.1,
+                                                       1e-5, n_threads=nt),
+        "bwd tiny": lambda: F.batch_norm_backward(dy, tiny, w, sm, si, n_threads=nt),
+        "fwd_eval wide": lambda: F.batch_norm(x, b, zero_var, w, b, eps=1e-80, n_threads=nt),
+    }
+
+
 def compat_cases(pkg, shape, dtype):
     CP = pkg.compat
     rng = np.random.default_rng(1)
@@ -158,6 +186,10 @@ def main(argv=None):
                 old_c = functional_cases(cybn_old, shape, dt, nt)
                 for op in new_c:
                     row(f"{op} {shape} {np.dtype(dt).name} t{nt}", new_c[op], old_c[op])
+        for shape in FALLBACK_SHAPES:
+            new_c, old_c = fallback_cases(cybn, shape, nt), fallback_cases(cybn_old, shape, nt)
+            for op in new_c:
+                row(f"{op} {shape} float32 t{nt}", new_c[op], old_c[op])
     for shape in ((50, 100), (200, 500), (64, 16, 16, 16)):
         for dt in (np.float32, np.float64):
             new_c, old_c = compat_cases(cybn, shape, dt), compat_cases(cybn_old, shape, dt)

@@ -18,7 +18,7 @@ BATCH_SIZE = 32
 LEARNING_RATE = 0.1
 EPOCHS = 20
 TEST_PER_CLASS = 36  # 10 digits x 36 = 360 held out, 1,437 left for training
-DTYPE = np.float32
+DTYPE = np.dtype(np.float32)  # a dtype, not the scalar class (stubtest: disjoint base)
 
 SKLEARN_MISSING = (
     "The digits part of the demo needs scikit-learn, which is not installed.\n"
@@ -134,7 +134,7 @@ def softmax_xent(logits, y):
     loss = -log_probs[np.arange(n), y].mean()
     grad = np.exp(log_probs)
     grad[np.arange(n), y] -= 1.0
-    return float(loss), grad / DTYPE(n)
+    return float(loss), grad / DTYPE.type(n)
 
 
 class Identity:
