@@ -24,10 +24,12 @@ EXTENSIONS = [
     Extension(AVX2_MODULE, ["cybn/_kernels_avx2.pyx"], depends=KERNELS),  # x86-64 only
     Extension("cybn._openmp", ["cybn/_openmp.pyx"], depends=["cybn/_openmp.pxd"]),
     Extension("cybn._cpu", ["cybn/_cpu.pyx"]),  # CPUID: which kernel build to load
-    # The one validated call path, plain Python compiled by Cython: every forward and
-    # backward runs it, and compiled its checks cost about 1 us less per call (a (32, 64)
-    # evaluation: 5.2 -> 4.2 us); the .py is the source and is installed beside it.
-    Extension("cybn.functional", ["cybn/functional.py"]),
+    # The one validated call path and the two helpers it calls on every forward and
+    # backward (layout views, thread counts): plain Python compiled by Cython, where its
+    # checks cost about 1 us less per call (a (32, 64) evaluation: 5.2 -> 4.2 us). The
+    # .py files are the source and are installed beside the compiled modules.
+    *(Extension(f"cybn.{name}", [f"cybn/{name}.py"])
+      for name in ("functional", "_layout", "_threads")),
 ]
 
 if not (x86_64_target() and env_flag("CYBN_AVX2", True)):

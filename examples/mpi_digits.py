@@ -83,7 +83,7 @@ def train_data_parallel(data, comm, *, epochs, seed):
             batch = order[i : i + demo.BATCH_SIZE]
             mine = np.array_split(batch, size)[rank]
             x, y = X_train[mine], y_train[mine]
-            share = demo.DTYPE(len(mine) / len(batch))
+            share = demo.DTYPE.type(len(mine) / len(batch))
             z = demo.linear_forward(x, params["W1"], params["b1"])
             h = norm(z)
             a = np.maximum(h, 0)

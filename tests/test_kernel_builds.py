@@ -19,77 +19,24 @@ import numpy as np
 import pytest
 
 import cybn
+from _battery import same_but_nan_bits as _same_but_nan_bits
 from cybn import _backend, _cpu
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 X86_64 = sysconfig.get_platform().lower().endswith(("x86_64", "amd64"))
 
 # Run in a child process with CYBN_KERNELS set; writes every result array to an .npz file.
 BATTERY = r"""
 import sys
 import numpy as np
-import cybn
+sys.path.insert(0, sys.argv[3])
+from _battery import functional_results
 from cybn import functional as F
 from cybn._backend import kernels
 
 assert kernels.__name__ == sys.argv[2], (kernels.__name__, sys.argv[2])
-rng = np.random.default_rng(20261130)
-shapes = [(7, 5), (64, 3), (33, 1024), (130, 1030), (300, 40), (4096, 17),
-          (3, 2, 1), (5, 3, 7), (4, 3, 16), (9, 2, 63), (6, 4, 64), (5, 3, 65), (17, 3, 224),
-          (2, 9, 1000), (3, 8, 9000), (1, 2, 70000)]
-results = {}
-for si, shape in enumerate(shapes):
-    C = shape[1]
-    for dt in (np.float32, np.float64):
-        for pdt in (np.float32, np.float64):
-            for kind in ("randn", "offset", "constant", "tiny", "huge", "nonfinite", "nanmix"):
-                x = rng.standard_normal(shape)
-                if kind == "offset":
-                    x = 1e4 + 3 * x
-                elif kind == "constant":
-                    x[:, : (C + 1) // 2] = 0.7
-                elif kind == "tiny":
-                    x = x * 1e-30
-                elif kind == "huge":
-                    x = x * (1e30 if dt == np.float32 else 1e250)
-                elif kind == "nonfinite":
-                    x.flat[:: max(1, x.size // 3)] = np.nan
-                    x[-1, 0] = np.inf
-                elif kind == "nanmix":  # NaNs of both signs meet in the sums
-                    x.flat[0] = np.nan
-                    x.flat[x.size // 2] = -np.nan
-                    x.flat[-1] = -np.nan
-                    x[-1, 0] = -np.nan
-                x = x.astype(dt)
-                g = rng.standard_normal(shape).astype(dt)
-                w = rng.uniform(0.5, 2, C).astype(pdt)
-                b = rng.standard_normal(C).astype(pdt)
-                for nt in (1, 2):
-                    key = f"{si}-{np.dtype(dt).name}-{np.dtype(pdt).name}-{kind}-{nt}"
-                    rm = np.zeros(C, pdt)
-                    rv = np.ones(C, pdt)
-                    y, mean, invstd = F.batch_norm_forward(x, w, b, rm, rv, True, 0.1, 1e-5,
-                                                           n_threads=nt)
-                    gi, gw, gb = F.batch_norm_backward(g, x, w, mean, invstd, n_threads=nt)
-                    ye = F.batch_norm(x, rm, rv, w, b, training=False, n_threads=nt)
-                    ge, _, _ = F.batch_norm_backward(g, x, w, None, None, training=False,
-                                                     running_mean=rm, running_var=rv,
-                                                     n_threads=nt)
-                    for name, a in dict(y=y, mean=mean, invstd=invstd, rm=rm, rv=rv, gi=gi,
-                                        gw=gw, gb=gb, ye=ye, ge=ge).items():
-                        results[f"{key}-{name}"] = a
-np.savez(sys.argv[1], **results)
+np.savez(sys.argv[1], **functional_results(F))
 """
-
-
-def _same_but_nan_bits(a, b):
-    """Bitwise equal, except that a NaN may carry another sign or payload (README: which
-    NaN propagates when NaNs meet depends on operand order, chosen per build)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.tobytes() == b.tobytes():
-        return True
-    nan_a, nan_b = np.isnan(a), np.isnan(b)
-    return np.array_equal(nan_a, nan_b) and a[~nan_a].tobytes() == b[~nan_b].tobytes()
 
 
 def test_same_but_nan_bits():
@@ -103,7 +50,7 @@ def test_same_but_nan_bits():
 def _run_battery(tmp_path, build, module):
     out = tmp_path / f"{build}.npz"
     env = {**os.environ, "CYBN_KERNELS": build}
-    proc = subprocess.run([sys.executable, "-c", BATTERY, str(out), module],
+    proc = subprocess.run([sys.executable, "-c", BATTERY, str(out), module, HERE],
                           env=env, capture_output=True, text=True, timeout=600, check=False,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -71,20 +71,26 @@ def test_benchmark_help_runs():
 
 
 def test_compiled_python_matches_its_source():
-    # cybn.functional is plain Python compiled by Cython (setup.py); an in-place or editable
+    # cybn.functional (and its helpers) are plain Python compiled by Cython (setup.py); an
+    # in-place or editable
     # build imports the compiled module, so an edit of functional.py after the build would
     # silently not run. The build record holds the hash of each source it compiled.
     import hashlib
 
+    import importlib
+
     import cybn
-    import cybn.functional
     from cybn._build_config import BUILD_CONFIG
 
-    assert cybn.functional.__file__.endswith((".so", ".pyd")), cybn.functional.__file__
     compiled = BUILD_CONFIG["compiled_python"]
-    assert set(compiled) == {"cybn/functional.py"}
-    src = os.path.join(os.path.dirname(cybn.__file__), "functional.py")
-    with open(src, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    assert digest == compiled["cybn/functional.py"], (
-        f"{src} changed after it was compiled: rebuild (pip install --no-build-isolation -e .)")
+    names = ("functional", "_layout", "_threads")
+    assert set(compiled) == {f"cybn/{name}.py" for name in names}
+    for name in names:
+        module = importlib.import_module(f"cybn.{name}")
+        assert module.__file__.endswith((".so", ".pyd")), module.__file__
+        src = os.path.join(os.path.dirname(cybn.__file__), f"{name}.py")
+        with open(src, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        assert digest == compiled[f"cybn/{name}.py"], (
+            f"{src} changed after it was compiled: rebuild "
+            "(pip install --no-build-isolation -e .)")

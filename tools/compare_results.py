@@ -3,10 +3,10 @@
     python benchmarks/compare_builds.py --build-old REV   # builds REV as cybn_old
     python tools/compare_results.py                       # installed cybn vs cybn_old
 
-A restructuring must not change one result bit. This runs the inputs of
-tests/test_kernel_builds.py (every schedule, remainder and fallback of the kernels:
+A restructuring must not change one result bit. This runs the inputs of tests/_battery.py,
+as tests/test_kernel_builds.py does (every schedule, remainder and fallback of the kernels:
 random, offset, constant, tiny, huge and non-finite data, float32/float64 data and
-parameters, 1 and 2 threads) through the functional API, the modules (1d/2d, channels
+parameters, 1 and 2 threads), through the functional API, the modules (1d/2d, channels
 last, float16, momentum None, evaluation) and the legacy adapters of both builds in one
 process, and reports every array that differs. NaNs may differ in sign or payload only
 (which NaN propagates when NaNs meet depends on operand order; see README).
@@ -18,63 +18,18 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks", ".old"))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks", ".old"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from _battery import SHAPES, data, functional_results, same_but_nan_bits  # noqa: E402
 
-SHAPES = [(7, 5), (64, 3), (33, 1024), (130, 1030), (300, 40), (4096, 17), (3, 2, 1),
-          (5, 3, 7), (4, 3, 16), (9, 2, 63), (6, 4, 64), (5, 3, 65), (17, 3, 224),
-          (2, 9, 1000), (3, 8, 9000), (1, 2, 70000), (16384, 64, 4), (64, 16, 49)]
-KINDS = ("randn", "offset", "constant", "tiny", "huge", "nonfinite", "nanmix")
-
-
-def data(rng, shape, dt, kind):
-    C = shape[1]
-    x = rng.standard_normal(shape)
-    if kind == "offset":
-        x = 1e4 + 3 * x
-    elif kind == "constant":
-        x[:, : (C + 1) // 2] = 0.7
-    elif kind == "tiny":
-        x = x * 1e-30
-    elif kind == "huge":
-        x = x * (1e30 if dt == np.float32 else 1e250)
-    elif kind == "nonfinite":
-        x.flat[:: max(1, x.size // 3)] = np.nan
-        x[-1, 0] = np.inf
-    elif kind == "nanmix":
-        x.flat[0] = np.nan
-        x.flat[x.size // 2] = -np.nan
-        x.flat[-1] = -np.nan
-        x[-1, 0] = -np.nan
-    return x.astype(dt)
+# the suite's shapes plus the benchmark's short runs (COLUMNS with 1 < L < 64)
+EXTRA_SHAPES = [(16384, 64, 4), (64, 16, 49)]
 
 
 def battery(pkg):
-    F = pkg.functional
+    out = functional_results(pkg.functional, SHAPES + EXTRA_SHAPES, seed=20261206)
     rng = np.random.default_rng(20261206)
-    out = {}
-    for si, shape in enumerate(SHAPES):
-        C = shape[1]
-        for dt in (np.float32, np.float64):
-            for pdt in (np.float32, np.float64):
-                for kind in KINDS:
-                    x = data(rng, shape, dt, kind)
-                    g = rng.standard_normal(shape).astype(dt)
-                    w = rng.uniform(0.5, 2, C).astype(pdt)
-                    b = rng.standard_normal(C).astype(pdt)
-                    for nt in (1, 2):
-                        key = f"F{si}-{np.dtype(dt).name}-{np.dtype(pdt).name}-{kind}-{nt}"
-                        rm, rv = np.zeros(C, pdt), np.ones(C, pdt)
-                        y, mean, invstd = F.batch_norm_forward(x, w, b, rm, rv, True, 0.1,
-                                                               1e-5, n_threads=nt)
-                        gi, gw, gb = F.batch_norm_backward(g, x, w, mean, invstd, n_threads=nt)
-                        ye = F.batch_norm(x, rm, rv, w, b, training=False, n_threads=nt)
-                        ge, gwe, gbe = F.batch_norm_backward(
-                            g, x, w, None, None, training=False, running_mean=rm,
-                            running_var=rv, n_threads=nt)
-                        for name, a in dict(y=y, mean=mean, invstd=invstd, rm=rm, rv=rv, gi=gi,
-                                            gw=gw, gb=gb, ye=ye, ge=ge, gwe=gwe,
-                                            gbe=gbe).items():
-                            out[f"{key}-{name}"] = a
     # modules: 1d/2d, channels last, float16 state, cumulative momentum, train then eval
     for mi, (cls, shape, kw) in enumerate([
             ("BatchNorm1d", (64, 24), {}), ("BatchNorm1d", (8, 24, 50), {"momentum": None}),
@@ -122,21 +77,12 @@ def battery(pkg):
     return out
 
 
-def same(a, b):
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.tobytes() == b.tobytes():
-        return True
-    na, nb = np.isnan(a), np.isnan(b)
-    return np.array_equal(na, nb) and a[~na].tobytes() == b[~nb].tobytes()
-
-
 def main():
     import cybn
     import cybn_old
     new, old = battery(cybn), battery(cybn_old)
     assert new.keys() == old.keys()
-    bad = [k for k in new if not same(np.asarray(new[k]), np.asarray(old[k]))]
+    bad = [k for k in new if not same_but_nan_bits(np.asarray(new[k]), np.asarray(old[k]))]
     print(f"{len(new)} arrays compared, {len(bad)} differ (new build: "
           f"{cybn._backend.kernels.__name__})")
     for k in bad[:40]:

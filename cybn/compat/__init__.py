@@ -22,8 +22,11 @@ its own imports: it binds every name of both conventions, forward and backward t
 """
 
 from . import cs231n, dlfs
-from ._common import Cache
-from ._patch import PatchReport, patch, unpatch
+# public, but not in __all__: a star import binds only the legacy names
+from ._common import Cache as Cache
+from ._patch import PatchReport as PatchReport
+from ._patch import patch as patch
+from ._patch import unpatch as unpatch
 from .cs231n import (
     batchnorm_backward,
     batchnorm_backward_alt,
