@@ -174,7 +174,8 @@ def main(argv=None):
         if args.only and not any(t in label for t in args.only):
             return
         assert _same(new_fn(), old_fn()), f"{label}: the builds' results differ"
-        m = medians({"new": new_fn, "old": old_fn}, args.rounds, min_ns=2_000_000)
+        m = medians({"new": new_fn, "old": old_fn}, args.rounds, min_ns=2_000_000,
+                    same_calls=True)
         new, old = m["new"], m["old"]
         ratios.append(new / old)
         print(f"{label:44} {new / 1e3:9.1f}u {old / 1e3:9.1f}u {new / old:8.3f}", flush=True)

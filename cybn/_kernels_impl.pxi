@@ -629,9 +629,9 @@ cdef inline floating _elem(map_t* op, const floating* x, const floating* dy, prm
         return <floating>(dy[0] * k3)
 
 
-cdef inline void _map_tile(map_t* op, const floating* x, const floating* dy, floating* out,
-                           const _Plan* p, const _Tile* tl, const prm_t* k0,
-                           const prm_t* k1, const prm_t* k2, const prm_t* k3) noexcept nogil:
+cdef void _map_tile(map_t* op, const floating* x, const floating* dy, floating* out,
+                    const _Plan* p, const _Tile* tl, const prm_t* k0, const prm_t* k1,
+                    const prm_t* k2, const prm_t* k3) noexcept nogil:
     """out = op(x, dy, k0..k3 of the channel) over a tile; k0..k3 point at the constants
     of the tile's first channel (_GradDy reads only k3; the others may be NULL). COLUMNS
     tiles spread the constants over a tile row's columns first."""
