@@ -1182,13 +1182,14 @@ cdef inline Py_ssize_t _dim(const _Args* a, int i, int k) noexcept:
     return a.b[i].shape[k]
 
 
-cdef int _forward_args(_Args* a, x, weight, bias, running_mean, running_var, out,
+cdef int _forward_args(_Args* a, x, weight, bias, running_mean, running_var, out, stats,
                        Py_ssize_t xsize, Py_ssize_t psize, bint training,
                        void** ptrs) except -1:
-    """The arrays both forward kernels take, acquired as buffers 0-5 of `a` into ptrs:
-    x, weight, bias, running_mean, running_var, out. In training the running statistics
-    are optional (both or neither: running_var is required when running_mean is given)
-    and updated, so writable; in evaluation both are read."""
+    """The arrays both forward kernels take, acquired as buffers 0-6 of `a` into ptrs:
+    x, weight, bias, running_mean, running_var, out, stats. In training the running
+    statistics are optional (both or neither: running_var is required when running_mean is
+    given) and updated, so writable, and stats (3, C) is required; in evaluation the
+    running statistics are read and stats (2, C) is optional."""
     cdef int i
     ptrs[0] = _arg(a, x, b"x", 3, xsize, False, False)
     ptrs[1] = _arg(a, weight, b"weight", 1, psize, False, True)
@@ -1197,9 +1198,11 @@ cdef int _forward_args(_Args* a, x, weight, bias, running_mean, running_var, out
     ptrs[4] = _arg(a, running_var, b"running_var", 1, psize, training,
                    training and running_mean is None)
     ptrs[5] = _arg(a, out, b"out", 3, xsize, True, False)
+    ptrs[6] = _arg(a, stats, b"stats", 2, sizeof(double), True, not training)
     for i in range(1, 5):
         _shape(a, i, _dim(a, 0, 1), -1, -1, b"per-channel")
     _shape(a, 5, _dim(a, 0, 0), _dim(a, 0, 1), _dim(a, 0, 2), b"out")
+    _shape(a, 6, 3 if training else 2, _dim(a, 0, 1), -1, b"stats")
     return 0
 
 
@@ -1244,17 +1247,16 @@ def forward_training(floating x_type, param_t p_type,
     cdef double count
     cdef _Plan p
     cdef _Job job
-    cdef void* ptrs[6]
+    cdef void* ptrs[7]
     cdef int rc = 0
     a.n = 0
     try:
-        _forward_args(&a, x, weight, bias, running_mean, running_var, out, sizeof(floating),
-                      sizeof(param_t), True, ptrs)
-        px, pw, pb = <const floating*>ptrs[0], <const param_t*>ptrs[1], <const param_t*>ptrs[2]
-        prm, prv, po = <param_t*>ptrs[3], <param_t*>ptrs[4], <floating*>ptrs[5]
+        _forward_args(&a, x, weight, bias, running_mean, running_var, out, stats,
+                      sizeof(floating), sizeof(param_t), True, ptrs)
+        px, po, mean = <const floating*>ptrs[0], <floating*>ptrs[5], <double*>ptrs[6]
+        pw, pb = <const param_t*>ptrs[1], <const param_t*>ptrs[2]
+        prm, prv = <param_t*>ptrs[3], <param_t*>ptrs[4]
         N, C, L = _dim(&a, 0, 0), _dim(&a, 0, 1), _dim(&a, 0, 2)
-        mean = <double*>_arg(&a, stats, b"stats", 2, sizeof(double), True, False)
-        _shape(&a, 6, 3, C, -1, b"stats")
         if _empty(N, C, L):
             return 0
         invstd = mean + C
@@ -1326,17 +1328,16 @@ def forward_inference(floating x_type, param_t p_type,
     cdef double* pst
     cdef double* buf = NULL
     cdef _Plan p
-    cdef void* ptrs[6]
+    cdef void* ptrs[7]
     cdef int rc = 0
     a.n = 0
     try:
-        _forward_args(&a, x, weight, bias, running_mean, running_var, out, sizeof(floating),
-                      sizeof(param_t), False, ptrs)
-        px, pw, pb = <const floating*>ptrs[0], <const param_t*>ptrs[1], <const param_t*>ptrs[2]
-        prm, prv, po = <const param_t*>ptrs[3], <const param_t*>ptrs[4], <floating*>ptrs[5]
+        _forward_args(&a, x, weight, bias, running_mean, running_var, out, stats,
+                      sizeof(floating), sizeof(param_t), False, ptrs)
+        px, po, pst = <const floating*>ptrs[0], <floating*>ptrs[5], <double*>ptrs[6]
+        pw, pb = <const param_t*>ptrs[1], <const param_t*>ptrs[2]
+        prm, prv = <const param_t*>ptrs[3], <const param_t*>ptrs[4]
         N, C, L = _dim(&a, 0, 0), _dim(&a, 0, 1), _dim(&a, 0, 2)
-        pst = <double*>_arg(&a, stats, b"stats", 2, sizeof(double), True, True)
-        _shape(&a, 6, 2, C, -1, b"stats")
         if C == 0:
             return
         buf = _alloc_channels(C, 4)
