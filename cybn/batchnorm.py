@@ -256,39 +256,65 @@ class _BatchNorm:
     def _check_input_dim(self, input):
         F._check_ndim(input, self._expected_ndims)
 
-    def __call__(self, input):
-        return self.forward(input)
+    def __call__(self, input, *, out=None):
+        return self.forward(input, out=out)
 
-    def forward(self, input):
-        """Normalize a batch; see the class docstring for shapes, modes and errors."""
-        return self._forward(input)
+    def forward(self, input, *, out=None):
+        """Normalize a batch; see the class docstring for shapes, modes and errors.
 
-    def _forward(self, input, reduce=None):
+        Parameters
+        ----------
+        input : ndarray, float16/32/64
+            The batch, of the module's dimensionality, channels on ``axis``.
+        out : ndarray or None, keyword-only
+            Where to write the output instead of a new array, e.g. a buffer a training
+            loop reuses: the input's shape and dtype, contiguous in the same axis order
+            as the input (C order for C-order input), not overlapping it. Checked before
+            anything changes.
+
+        Returns
+        -------
+        output : ndarray, same shape and dtype as ``input`` (``out`` when given)
+
+        Raises
+        ------
+        TypeError, ValueError
+            As described in the class docstring; also for an ``out`` of the wrong type,
+            dtype, shape or layout, read-only, or overlapping ``input`` (the messages of
+            :func:`cybn.functional.batch_norm_forward`).
+        """
+        return self._forward(input, out=out)
+
+    def _forward(self, input, out=None, reduce=None):
         # The module's part of a forward: its state in, num_batches_tracked and the
         # backward's cache out. Validation, the choice of statistics, the momentum factor
         # and the running-statistics update are cybn.functional's, as in torch's
         # _BatchNorm.forward -> F.batch_norm. `reduce`: SyncBatchNorm's communication.
         output, stats, saved, count, updated = F._forward(
             input, self.weight, self.bias, self.running_mean, self.running_var,
-            self.training, self.momentum, self.eps, self.axis, n_threads=self.n_threads,
-            module=self, check_finite=self.check_finite and self.training, reduce=reduce)
+            self.training, self.momentum, self.eps, self.axis, out=out,
+            n_threads=self.n_threads, module=self,
+            check_finite=self.check_finite and self.training, reduce=reduce)
         if updated:
             nbt = self.num_batches_tracked
             nbt[()] = int(nbt) + 1
         self._cache = _Cache(saved, stats, count, reduce is not None)
         return output
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, *, out=None):
         """Back-propagate through the last forward.
 
         Parameters
         ----------
         grad_output : ndarray, shape and layout of the last forward's input, float16/32/64
             Gradient of the loss with respect to the last output.
+        out : ndarray or None, keyword-only
+            Where to write grad_input instead of a new array: the last input's shape,
+            dtype and memory layout, overlapping neither it nor ``grad_output``.
 
         Returns
         -------
-        grad_input : ndarray, same shape and dtype as the last input
+        grad_input : ndarray, same shape and dtype as the last input (``out`` when given)
             Also sets ``grad_weight`` and ``grad_bias`` (module dtype; None when the
             module has no such parameter), overwriting earlier values.
 
@@ -297,7 +323,8 @@ class _BatchNorm:
         RuntimeError
             If no forward has run yet.
         TypeError, ValueError
-            If ``grad_output`` is not a float array of the last input's shape.
+            If ``grad_output`` is not a float array of the last input's shape, or ``out``
+            is not a suitable array (as for the forward's ``out``).
 
         Notes
         -----
@@ -307,9 +334,9 @@ class _BatchNorm:
         The input of the forward is kept by reference, not copied: modifying it in place
         before ``backward`` changes the gradients (PyTorch would raise instead).
         """
-        return self._backward(grad_output)
+        return self._backward(grad_output, out=out)
 
-    def _backward(self, grad_output, reduce=None):
+    def _backward(self, grad_output, out=None, reduce=None):
         cache = self._cache
         if cache is None:
             raise RuntimeError(
@@ -317,8 +344,9 @@ class _BatchNorm:
         grad_input, grad_weight, grad_bias = F._backward(
             grad_output, cache.saved, self.weight, cache.stats, cache.training,
             self.weight is not None, self.bias is not None, self.dtype, self.n_threads,
-            weight_name="self.weight", shape_of="the shape of the last forward's input",
-            reduce=reduce, count=cache.count)
+            out=out, weight_name="self.weight",
+            shape_of="the shape of the last forward's input", reduce=reduce,
+            count=cache.count)
         self.grad_weight = grad_weight
         self.grad_bias = grad_bias
         return grad_input

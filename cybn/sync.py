@@ -152,11 +152,11 @@ class _Collective:
         self.module = module
         self.done = False
 
-    def run(self, step, arg):
-        """``step(arg, reduce=self)``, making this collective exactly once on this rank
-        even when ``step`` fails before reaching it."""
+    def run(self, step, arg, out):
+        """``step(arg, out=out, reduce=self)``, making this collective exactly once on
+        this rank even when ``step`` fails before reaching it."""
         try:
-            return step(arg, reduce=self)
+            return step(arg, out=out, reduce=self)
         except Exception:
             if not self.done:
                 self.fail()  # this rank's argument was invalid: the others raise too
@@ -429,7 +429,7 @@ class SyncBatchNorm(_BatchNorm):
                 f"expected at least 2D input (got {input.ndim}D input): shape (N, C) or "
                 "(N, C, *) with channels on axis 1")
 
-    def forward(self, input):
+    def forward(self, input, *, out=None):
         """Normalize a batch; in training, a collective call over ``comm``.
 
         Parameters
@@ -437,10 +437,12 @@ class SyncBatchNorm(_BatchNorm):
         input : ndarray of shape (N, C, *), float16/32/64
             This rank's rows of the batch (N may differ between ranks, and may be 0).
             Any memory layout; never modified.
+        out : ndarray or None, keyword-only
+            Where to write the output, as for :meth:`cybn.BatchNorm1d.forward`.
 
         Returns
         -------
-        output : ndarray, same shape and dtype as ``input``
+        output : ndarray, same shape and dtype as ``input`` (``out`` when given)
 
         Raises
         ------
@@ -448,21 +450,24 @@ class SyncBatchNorm(_BatchNorm):
             See the class docstring. In training every rank raises together.
         """
         if not self.training:
-            return self._forward(input)  # purely local
+            return self._forward(input, out=out)  # purely local
         C = self.num_features
         if (self.running_mean is None and self.weight is None
                 and isinstance(input, np.ndarray) and input.ndim >= 2
                 and -input.ndim <= self.axis < input.ndim):
             C = input.shape[self.axis]  # no per-channel state: any C (the same everywhere)
-        return _StatsReduce(self, C, getattr(input, "shape", ())).run(self._forward, input)
+        return _StatsReduce(self, C, getattr(input, "shape", ())).run(self._forward, input,
+                                                                      out)
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, *, out=None):
         """Back-propagate through the last forward; after a training forward, collective.
 
         Parameters
         ----------
         grad_output : ndarray, shape and layout of the last forward's input, float16/32/64
             Gradient of the loss with respect to this rank's output rows.
+        out : ndarray or None, keyword-only
+            Where to write grad_input, as for :meth:`cybn.BatchNorm1d.backward`.
 
         Returns
         -------
@@ -483,6 +488,6 @@ class SyncBatchNorm(_BatchNorm):
         """
         cache = self._cache
         if cache is None or not cache.reduced:
-            return self._backward(grad_output)  # after an evaluation forward: local
+            return self._backward(grad_output, out=out)  # after an evaluation forward
         reduce = _SumsReduce(self, cache.stats[0].shape[0], cache.count)
-        return reduce.run(self._backward, grad_output)
+        return reduce.run(self._backward, grad_output, out)

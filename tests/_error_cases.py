@@ -270,9 +270,16 @@ ROWS = [
         "training mode is expected to be boolean, got str"),
 
     # ---- module backward -----------------------------------------------------------------
+    Row("fwd-out-dtype", MF, "out of the wrong dtype", "m(x, out=np.empty((4, 3)))", T,
+        "out must have dtype float32, got float64"),
+    Row("fwd-out-alias", MF, "out is the input", "m(x, out=x)", V,
+        "out must not overlap the input arrays"),
     Row("bwd-before-forward", BW, "backward before any forward",
         "cybn.BatchNorm1d(3).backward(g)", R,
         "backward() called before forward(): there is no batch to differentiate"),
+    Row("bwd-out-shape", BW, "out of the wrong shape", "m.backward(np.zeros((6, 3), "
+        "np.float32), out=np.empty((3, 6), np.float32))", V,
+        "out must have shape (6, 3), got (3, 6)"),
     Row("bwd-shape", BW, "grad_output of the wrong shape", "m.backward(np.zeros((5, 3), "
         "np.float32))", V,
         "grad_output must have the shape of the last forward's input (6, 3), got (5, 3)"),

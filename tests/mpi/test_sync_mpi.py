@@ -366,3 +366,22 @@ def test_inputs_the_forward_must_copy(layout):
     assert_close(y, ref(X)[my_rows(sizes)])
     assert_close(g, ref.backward(DY)[my_rows(sizes)])
     assert_close(sync.grad_weight, ref.grad_weight)
+
+
+def test_out_buffers_equal_returned_arrays():
+    # forward(out=) and backward(out=) write what the calls return without them, and a bad
+    # out on one rank makes every rank raise with nothing changed (the collective is made)
+    rng = local_rng(11)
+    x = rng.standard_normal((5 + RANK, 4)).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    a, b = cybn.SyncBatchNorm(4), cybn.SyncBatchNorm(4)
+    y = a(x, out=np.empty_like(x))
+    gi = a.backward(g, out=np.empty_like(x))
+    assert y.tobytes() == b(x).tobytes()
+    assert gi.tobytes() == b.backward(g).tobytes()
+    before = {k: np.array(v) for k, v in a.state_dict().items()}
+    bad = np.empty(x.shape, np.float64) if RANK == 0 else np.empty_like(x)
+    with pytest.raises((TypeError, RuntimeError)):
+        a(x, out=bad)
+    assert all(np.array(v).tobytes() == before[k].tobytes()
+               for k, v in a.state_dict().items())
