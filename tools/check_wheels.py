@@ -265,8 +265,18 @@ class Checks:
 
         with zipfile.ZipFile(wheels[0]) as zf:
             wnames = zf.namelist()
+            record = {}
+            if "cybn/_build_config.py" in wnames:
+                exec(zf.read("cybn/_build_config.py").decode(), record)  # noqa: S102
+        # every .pyx, plus the plain-Python modules setup.py compiles (their sources ship too)
+        compiled_py = sorted(record.get("BUILD_CONFIG", {}).get("compiled_python", {}))
+        expect(compiled_py, "the build record names no compiled Python module")
+        for src in compiled_py:
+            expect(src in wnames, f"wheel lacks {src}, the source of a compiled module")
+        n_expected = n_pyx + len(compiled_py)
         compiled = [n for n in wnames if re.match(r"cybn/[^/]+\.(so|pyd)$", n)]
-        expect(len(compiled) == n_pyx, f"wheel has {len(compiled)} compiled modules, expected {n_pyx}")
+        expect(len(compiled) == n_expected,
+               f"wheel has {len(compiled)} compiled modules, expected {n_expected}")
         for need in ["cybn/py.typed", "cybn/_kernels.pyi", "cybn/_kernels_avx2.pyi",
                      "cybn/_cpu.pyi", "cybn/_openmp.pyi",
                      "cybn/_build_config.py", "cybn/__init__.py"]:
