@@ -65,7 +65,8 @@ OP_ALIASES = {"train": "fwd_train", "fwd": "fwd_train", "backward": "bwd", "eval
 # What the speed-of-light loops move, per op (reads, writes of one input-sized array).
 OP_TRAFFIC = {"fwd_train": "2R+1W", "bwd": "4R+1W", "fwd_eval": "1R+1W"}
 CANDIDATES = ("cybn", "torch", "numpy", "sol")
-LABELS = {"cybn": "cybn", "torch": "torch", "numpy": "NumPy", "sol": "SoL"}
+LABELS = {"cybn": "cybn", "torch": "torch", "numpy": "NumPy", "sol": "SoL",
+          "module": "cybn module", "module_out": "cybn module, out="}
 
 # The kernels pick one of three schedules from the (N, C, L) view (2-D input: L = 1):
 # "columns" for L < 64, "runs" for L >= 64, "channel slab" for C >= 8 with L * itemsize
@@ -263,6 +264,49 @@ class _Case:
             return F.batch_norm_forward(x, w, b, rm, rv, False, MOMENTUM, EPS, n_threads=t)
         return run, lambda: {"y": run()[0]}
 
+    def module(self, op, out=False):
+        """cybn.BatchNorm1d (all the benchmark's shapes are 2-D or 3-D): the functional
+        call plus the module's state handling; with ``out``, into buffers the caller
+        reuses (``forward(x, out=)``, ``backward(dy, out=)``), as a training loop would."""
+        import cybn
+        x, w, b, t = self.x, self.w, self.b, self.t
+        C = x.shape[1]
+
+        def make(training):
+            m = cybn.BatchNorm1d(C, momentum=MOMENTUM, eps=EPS, dtype=x.dtype, n_threads=t)
+            m.weight[...] = w
+            m.bias[...] = b
+            if not training:
+                m.running_mean[...] = self.rm_eval
+                m.running_var[...] = self.rv_eval
+            return m.train(training)
+
+        buf = np.empty_like(x) if out else None
+        if op == "fwd_train":
+            m = make(True)
+
+            def check():
+                m1 = make(True)
+                y = m1(x, out=np.empty_like(x) if out else None)
+                return {"y": y, "running_mean": m1.running_mean, "running_var": m1.running_var}
+            return (lambda: m(x, out=buf)), check
+        if op == "bwd":
+            m = make(True)
+            m(x)
+            dy = self.dy
+
+            def run():
+                return m.backward(dy, out=buf)
+
+            def check():
+                return {"dx": run(), "dw": m.grad_weight, "db": m.grad_bias}
+            return run, check
+        m = make(False)
+        return (lambda: m(x, out=buf)), (lambda: {"y": m(x, out=buf)})
+
+    def module_out(self, op):
+        return self.module(op, out=True)
+
     def numpy(self, op):
         x, w, b = self.x, self.w, self.b
         C = x.shape[1]
@@ -360,7 +404,7 @@ class _Case:
         return run, None
 
     def candidates(self, op):
-        names = ["cybn"]
+        names = ["cybn", "module", "module_out"]
         if self.use_torch:
             names.append("torch")
         if self.use_numpy:
@@ -941,6 +985,27 @@ def _report(results, meta, args):
                 lines.append(f"| {shape} | {spec['dtype']} | {mb} | {op} | "
                              + " | ".join(cells + ratios) + " |")
         lines.append("")
+
+    lines.append("## Modules: the functional call, the module, the module into buffers")
+    lines.append("")
+    lines.append("cybn.BatchNorm1d around the same kernels (state handling, a new output per "
+                 "call) and with `out=` (buffers the caller reuses); time ratios, lower is "
+                 "better.")
+    lines.append("")
+    lines.append("| shape | dtype | threads | op | functional | module | module, out= "
+                 "| module ÷ functional | out= ÷ module |")
+    lines.append("|---|---|---:|---|---:|---:|---:|---:|---:|")
+    for res in results:
+        if "error" in res:
+            continue
+        spec = res["spec"]
+        for op, tm in res["ops"].items():
+            cells = [_cell(tm, n) for n in ("cybn", "module", "module_out")]
+            ratios = [_fmt_ratio(_ratio(tm, "module", "cybn")),
+                      _fmt_ratio(_ratio(tm, "module_out", "module"))]
+            lines.append(f"| {_fmt_shape(spec['shape'])} | {spec['dtype']} | "
+                         f"{spec['threads']} | {op} | " + " | ".join(cells + ratios) + " |")
+    lines.append("")
 
     t_all = meta["t_all"]
     lines.append(f"## Targets ({t_all} thread{'s' if t_all > 1 else ''}; time ratios, "
