@@ -110,8 +110,10 @@ def set_num_threads(n_threads) -> None:
 
     Raises
     ------
-    TypeError, ValueError
-        As :func:`effective_n_threads`.
+    TypeError
+        If ``n_threads`` is not an int or None.
+    ValueError
+        If ``n_threads`` is 0 or its magnitude exceeds 4096.
     """
     global _default
     if n_threads is not None:

@@ -144,18 +144,45 @@ class _BatchNorm:
             self.bias.fill(0)
 
     def train(self, mode=True):
-        """Set training mode (batch statistics, running-statistics updates). Returns self."""
+        """Set training mode (batch statistics, running-statistics updates).
+
+        Parameters
+        ----------
+        mode : bool, default True
+            True for training, False for evaluation (torch's ``Module.train``).
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        TypeError
+            ``mode`` is not a bool ("training mode is expected to be boolean, got int").
+        """
         if not isinstance(mode, bool):
             raise TypeError(f"training mode is expected to be boolean, got {type(mode).__name__}")
         self.training = mode
         return self
 
     def eval(self):
-        """Set evaluation mode (running statistics are used when tracked). Returns self."""
+        """Set evaluation mode (running statistics are used when tracked): ``train(False)``.
+
+        Returns
+        -------
+        self
+        """
         return self.train(False)
 
     def parameters(self):
-        """The learnable arrays, ``[weight, bias]`` (those that exist), as live references."""
+        """The learnable arrays, for an optimiser that updates them in place.
+
+        Returns
+        -------
+        list of ndarray
+            ``[weight, bias]``, those that exist (none without ``affine``), as live
+            references of shape (C,) and the module's dtype.
+        """
         return [p for p in (self.weight, self.bias) if p is not None]
 
     def _state_items(self):
@@ -169,6 +196,11 @@ class _BatchNorm:
         Keys: ``weight``, ``bias`` (when affine), ``running_mean``, ``running_var``,
         ``num_batches_tracked`` (0-d int64; when tracking). Like PyTorch, the values share
         memory with the module: copy them to keep a snapshot.
+
+        Returns
+        -------
+        collections.OrderedDict of str to ndarray
+            The module's state, in torch's key order; :meth:`load_state_dict` takes it back.
         """
         return collections.OrderedDict(self._state_items())
 
@@ -238,6 +270,14 @@ class _BatchNorm:
         return _IncompatibleKeys(missing, unexpected)
 
     def extra_repr(self):
+        """The arguments part of the module's repr, torch's ``extra_repr``.
+
+        Returns
+        -------
+        str
+            ``"C, eps=..., momentum=..., affine=..., bias=..., track_running_stats=..."`` as
+            torch prints it, then cybn's own ``axis`` and ``check_finite`` when not default.
+        """
         s = (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
              f"affine={self.affine}, bias={self.bias is not None}, "
              f"track_running_stats={self.track_running_stats}")

@@ -92,7 +92,7 @@ def fold_conv(weight, bias, bn):
 
     Parameters
     ----------
-    weight : ndarray of shape (out_channels, in_channels / groups, *kernel_size)
+    weight : ndarray of shape ``(out_channels, in_channels / groups, *kernel_size)``
         Output channels first (PyTorch's ``nn.ConvNd`` convention), any number of
         kernel dimensions.
     bias : ndarray of shape (out_channels,) or None

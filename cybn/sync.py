@@ -434,7 +434,7 @@ class SyncBatchNorm(_BatchNorm):
 
         Parameters
         ----------
-        input : ndarray of shape (N, C, *), float16/32/64
+        input : ndarray of shape ``(N, C, *)``, float16/32/64
             This rank's rows of the batch (N may differ between ranks, and may be 0).
             Any memory layout; never modified.
         out : ndarray or None, keyword-only

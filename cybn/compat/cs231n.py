@@ -356,9 +356,28 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
 
 
 def spatial_batchnorm_backward(dout, cache):
-    """Gradients of :func:`spatial_batchnorm_forward`: ``(dx, dgamma, dbeta)``.
+    """Gradients of :func:`spatial_batchnorm_forward` (cs231n assignment 2).
 
-    dx has shape (N, C, H, W); dgamma and dbeta have gamma's and beta's shapes. Raises as
-    :func:`batchnorm_backward`.
+    Parameters
+    ----------
+    dout : ndarray of shape (N, C, H, W)
+        Upstream gradient.
+    cache : cybn.compat.Cache
+        From :func:`spatial_batchnorm_forward`.
+
+    Returns
+    -------
+    dx : ndarray of shape (N, C, H, W)
+    dgamma, dbeta : ndarray in gamma's and beta's shapes
+        All three in ``np.result_type(forward dtype, dout)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`batchnorm_backward`, for a 4-D dout.
+
+    Notes
+    -----
+    :func:`batchnorm_backward`'s formulas with sums over N, H and W per channel.
     """
     return _backward(dout, cache, "spatial_batchnorm_backward", _SPATIAL_KINDS)
