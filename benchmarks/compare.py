@@ -650,6 +650,11 @@ def _build_parser():
                         "7..300; --quick 5..60)")
     p.add_argument("--out", metavar="FILE", help="also write the Markdown report to FILE")
     p.add_argument("--json", metavar="FILE", help="write the raw results as JSON to FILE")
+    p.add_argument("--chart", metavar="FILE",
+                   help="also draw the ratios at the largest thread count to FILE (.png, .svg; "
+                        "needs matplotlib: benchmarks/chart.py)")
+    p.add_argument("--from-json", metavar="FILE",
+                   help="time nothing: write the report (and --chart) of a run saved by --json")
     p.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     p.add_argument("--no-numpy", action="store_true",
                    help="do not time the NumPy reference (it is still the correctness "
@@ -906,6 +911,8 @@ def _report(results, meta, args):
     pools = env.get("threadpools")
     lines.append("# cybn benchmark")
     lines.append("")
+    if meta.get("date"):
+        lines.append(f"- **Date:** {meta['date']}")
     lines.append(f"- **Machine:** {meta['cpu']}; {meta['cpus']} logical CPUs "
                  f"({meta['usable']} usable); {meta['platform']}; Python {meta['python']}")
     if meta["torch"]:
@@ -1089,6 +1096,16 @@ def main(argv=None):
         res = run_child(json.loads(args.child))
         sys.stdout.write(RESULT_TAG + json.dumps(res) + "\n")
         return 0
+    if args.chart:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:  # before minutes of timing, not after
+            print("compare: --chart needs matplotlib (pip install matplotlib)", file=sys.stderr)
+            return 2
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as f:
+            saved = json.load(f)
+        return _write_outputs(saved["results"], saved["meta"], args)
 
     t0 = time.perf_counter()
     import cybn  # fails early (with the real error) if cybn is not built
@@ -1148,17 +1165,49 @@ def main(argv=None):
         "t_all": t_all, "torch_note": torch_note, "thp": _thp(),
         "env_vars": env_vars or "no OMP_*/GOMP_*/THP_* variables set",
         "load_start": load_start, "load_end": _loadavg(), "busy": busy,
+        "date": time.strftime("%Y-%m-%d"),
         "wall": time.perf_counter() - t0,
     }
+    return _write_outputs(results, meta, args)
+
+
+def _write_outputs(results, meta, args):
+    """The report on stdout, and the --out, --json and --chart files."""
     report = _report(results, meta, args)
     sys.stdout.write(report + "\n")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(report + "\n")
-    if args.json:
+    if args.json and not args.from_json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1)
+    if args.chart:
+        import chart
+        rows, threads = _chart_rows(results, meta)
+        chart.draw(rows, f"python benchmarks/compare.py, {meta.get('date', 'undated')}, "
+                         f"{threads} thread(s)\n{meta['cpu']}; cybn {meta['cybn']} "
+                         f"({meta.get('cybn_kernels')} kernels); torch "
+                         f"{meta['torch'] or meta['torch_note']}; NumPy {meta['numpy']}",
+                   args.chart)
+        print(f"compare: chart written to {args.chart}", file=sys.stderr)
     return 1 if any("error" in r for r in results) else 0
+
+
+def _chart_rows(results, meta):
+    """The chart's rows: every case at the run's largest thread count, every op."""
+    done = [r for r in results if "error" not in r]
+    threads = max((r["spec"]["threads"] for r in done), default=meta["t_all"])
+    short = {"float32": "f32", "float64": "f64"}
+    rows = []
+    for res in done:
+        spec = res["spec"]
+        if spec["threads"] != threads:
+            continue
+        label = f"{_fmt_shape(spec['shape'])} {short.get(spec['dtype'], spec['dtype'])}"
+        for op, tm in res["ops"].items():
+            rows.append({"label": label, "op": op,
+                         "ratios": {n: _ratio(tm, "cybn", n) for n in ("torch", "numpy", "sol")}})
+    return rows, threads
 
 
 def _dist_version(name):

@@ -20,6 +20,10 @@ EPOCHS = 20
 TEST_PER_CLASS = 36  # 10 digits x 36 = 360 held out, 1,437 left for training
 DTYPE = np.dtype(np.float32)  # a dtype, not the scalar class (stubtest: disjoint base)
 
+MATPLOTLIB_MISSING = (
+    "--plot needs matplotlib, which is not installed.\n"
+    'Install it with: pip install "cybn[plot]"   (or pip install ".[plot]" from a checkout)'
+)
 SKLEARN_MISSING = (
     "The digits part of the demo needs scikit-learn, which is not installed.\n"
     'Install it with: pip install "cybn[demo]"   (or pip install ".[demo]" from a checkout)'
@@ -294,6 +298,50 @@ def digits_demo(epochs, seed):
     without_bn = train_one(data, Identity(), epochs=epochs, seed=seed)
     print_table(with_bn, without_bn)
     print_timing(with_bn, without_bn)
+    return with_bn, without_bn
+
+
+def plot_curves(with_bn, without_bn, path, *, seed):
+    """Write the two runs' training curves to an image file (PNG, SVG or PDF by suffix).
+
+    Parameters
+    ----------
+    with_bn, without_bn : dict
+        Histories from :func:`train_one`.
+    path : str or path-like
+        The file to write; its suffix picks the format (matplotlib's ``savefig``).
+    seed : int
+        The runs' seed, shown in the title.
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed (the ``plot`` extra).
+    """
+    # The object-oriented API with an Agg canvas: no pyplot, so no GUI backend is chosen
+    # and nothing global changes in the caller's matplotlib state.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = np.arange(1, len(with_bn["loss"]) + 1)
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for history, label, style in ((with_bn, f"with BatchNorm1d({HIDDEN})", "-o"),
+                                  (without_bn, "without batch norm", "--s")):
+        loss_ax.plot(epochs, history["loss"], style, ms=3, label=label)
+        acc_ax.plot(epochs, np.asarray(history["acc"]) * 100, style, ms=3, label=label)
+    loss_ax.set(xlabel="epoch", ylabel="mean training loss (cross-entropy)", yscale="log",
+                title="training loss")
+    acc_ax.set(xlabel="epoch", ylabel="held-out accuracy (%)", title="held-out accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"python -m cybn: NumPy MLP on scikit-learn's digits, SGD lr "
+                 f"{LEARNING_RATE}, batch {BATCH_SIZE}, seed {seed} (cybn {cybn.__version__})")
+    fig.savefig(path, dpi=110)
 
 
 def main(argv=None):
@@ -308,9 +356,19 @@ def main(argv=None):
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the split, init and batch order (default 0)"
     )
+    parser.add_argument(
+        "--plot", metavar="FILE",
+        help="also write the training curves to FILE (.png, .svg or .pdf; needs matplotlib)",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:  # say so before minutes of training, not after
+            print(MATPLOTLIB_MISSING, file=sys.stderr)
+            return 1
 
     start = time.perf_counter()
     print_build_info()
@@ -320,6 +378,9 @@ def main(argv=None):
     except ImportError:
         print("\n" + SKLEARN_MISSING, file=sys.stderr)
         return 1  # non-zero so that CI running the demo notices the missing extra
-    digits_demo(args.epochs, args.seed)
+    with_bn, without_bn = digits_demo(args.epochs, args.seed)
+    if args.plot is not None:
+        plot_curves(with_bn, without_bn, args.plot, seed=args.seed)
+        print(f"\ntraining curves written to {args.plot}")
     print(f"whole demo: {time.perf_counter() - start:.2f} s")
     return 0
