@@ -62,7 +62,7 @@ def draw(rows, title, path):
                      fontsize=10)
         ax.grid(True, axis="y", which="major", alpha=0.3)
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, ncols=len(COMPARISONS), fontsize=8, loc="outside upper center")
+    fig.legend(handles, names, ncols=len(COMPARISONS), fontsize=9, loc="outside lower center")
     axes[-1].set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=100)
