@@ -89,6 +89,7 @@ html_theme_options = {
 
 # Which site page holds each part of the README (its `<!-- site: NAME -->` markers).
 _README_PART_PAGE = {"intro": "index", "getting-started": "getting-started",
+                     "platforms": "platforms", "quickstart": "getting-started",
                      "legacy": "legacy", "guide": "guide"}
 
 
