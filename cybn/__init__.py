@@ -30,7 +30,7 @@ from ._threads import get_num_threads, set_num_threads
 from ._torch_io import TorchCheckpointError, UnsafeCheckpointError, load_torch_state_dict
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .fold import fold_conv, fold_linear
-from .serialization import load, save
+from .serialization import StateFileError, load, save
 from .sync import SyncBatchNorm  # imports mpi4py only when one is constructed
 
 __version__ = "0.1.0"
@@ -39,6 +39,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "StateFileError",
     "SyncBatchNorm",
     "TorchCheckpointError",
     "UnsafeCheckpointError",

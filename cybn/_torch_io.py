@@ -31,9 +31,11 @@ changes to or from object dtype are refused).
 """
 
 import collections
+import io
 import math
 import os
 import pickle
+import pickletools
 import zipfile
 import zlib
 
@@ -155,6 +157,29 @@ class _Rebuilder(_Frozen):
 
 _LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
+# -- the memory bound ------------------------------------------------------------------------
+# A file of S bytes makes the reader allocate at most
+#     S                                   the records it reads (STORED only: never more than
+#                                         their size in the file)
+#   + PICKLE_FACTOR * len(data.pkl)       the Python objects the pickle builds, estimated
+#                                         from its opcodes before anything is built
+#   + ARRAY_FACTOR * S + MEMORY_CONSTANT  the arrays returned
+# so at most (1 + PICKLE_FACTOR + ARRAY_FACTOR) * S + MEMORY_CONSTANT = 69 S + 32 MiB.
+# docs/security.md states the bound; tests/test_torch_io_limits.py and fuzz/ check it with
+# tracemalloc.
+#
+# ARRAY_FACTOR: every tensor is copied out of its storage, so views of one storage cost once
+# per view, and bfloat16 widens to float32 (2x). 4 admits a state_dict that slices a storage
+# into views (fused qkv weights: 1x) and refuses a file that declares many views, or a
+# broadcast (stride 0), far larger than its data.
+ARRAY_FACTOR = 4
+# PICKLE_FACTOR: _pickle_cost charges each opcode the most CPython's unpickler allocates for
+# it; torch.save pickles of state_dicts estimate at 27-33x their size (the fuzz corpus,
+# python tools/fuzz/corpus.py prints it), so 64 leaves twice that, while a pickle of
+# nothing but empty dicts (136x by the estimate) or OrderedDict() calls is refused.
+PICKLE_FACTOR = 64
+MEMORY_CONSTANT = 32 * 2**20
+
 
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
@@ -172,18 +197,100 @@ _TORCH_DTYPES = {d.name: d for d in (_F32, _F64, _F16, _BF16, _I64, _I32, _I16, 
                                      _U8, _BOOL, _C64, _C128, _U16, _U32, _U64)}
 
 
+# What zipfile raises for a corrupt archive: BadZipFile, zlib.error and EOFError for bad
+# contents, OSError from the file, ValueError for a negative seek (a member offset before
+# the archive's start: found by the fuzzer), RuntimeError/NotImplementedError for an
+# encrypted member or an unknown compression method.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
+               NotImplementedError)
+
+
+def _check_stored(info, path, size):
+    """torch.save writes every record uncompressed; a compressed one could expand to any
+    size (a zip bomb), so the reader refuses it rather than budget for it. A stored record
+    must also fit in the file: reading it allocates its declared size up front."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise TorchCheckpointError(
+            f"{path}: record {info.filename!r} is compressed (zip method "
+            f"{info.compress_type}); torch.save stores records uncompressed, and a "
+            "compressed record could expand without bound, so the file is refused")
+    if info.file_size != info.compress_size or info.compress_size > size:
+        raise TorchCheckpointError(
+            f"{path}: record {info.filename!r} declares {info.file_size} bytes "
+            f"({info.compress_size} stored) in a file of {size} bytes: truncated or corrupt")
+
+
+# What CPython's C unpickler can allocate per opcode, beyond the pickle's own bytes (64-bit
+# CPython 3.10-3.13, from the objects' sizes; tests/test_torch_io_limits.py measures a bomb
+# of each kind against this estimate with tracemalloc):
+# * an opcode that pushes a value (pickletools' stack_after) adds a stack slot that may end
+#   up in a container: _SLOT (a list slot is 8 B + over-allocation, a dict entry 24-40 B
+#   with its index, a set entry 16 B at 60 % fill);
+# * a new container: _CONTAINER (dict 64 B, list 56 B, tuple 40 + 8 n B: the n are slots);
+#   a set, a call result or a storage marker: _OBJECT (set() is 216 B, OrderedDict() 104 B
+#   plus its links);
+# * a str/bytes argument of n bytes: _HEADER + 4 n (a decoded str may take 4 bytes per
+#   character); an int argument that is not a small cached int: _HEADER + its bytes;
+# * a memo index i: the memo table grows to at least 2 (i + 1) pointers.
+_SLOT = 40
+_CONTAINER = 96
+_OBJECT = 256
+_HEADER = 80
+_CONTAINERS = frozenset(["EMPTY_DICT", "DICT", "EMPTY_LIST", "LIST", "EMPTY_TUPLE", "TUPLE",
+                         "TUPLE1", "TUPLE2", "TUPLE3"])
+_OBJECTS = frozenset(["EMPTY_SET", "FROZENSET", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ",
+                      "INST", "BUILD", "BINPERSID", "PERSID", "GLOBAL", "STACK_GLOBAL"])
+_MEMO_PUT = frozenset(["PUT", "BINPUT", "LONG_BINPUT"])
+
+
+def _pickle_cost(data, path):
+    """An upper bound of the bytes unpickling ``data`` allocates, from its opcodes alone.
+
+    Walks the opcodes with :func:`pickletools.genops`, which parses their arguments but
+    builds nothing (its own memory is that of one argument at a time). Raises
+    TorchCheckpointError for a pickle it cannot parse.
+    """
+    cost = 0
+    memo_top = 0
+    try:
+        for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
+            name = opcode.name
+            if opcode.stack_after:
+                cost += _SLOT
+            if name in _CONTAINERS:
+                cost += _CONTAINER
+            elif name in _OBJECTS:
+                cost += _OBJECT
+            if name in _MEMO_PUT:
+                memo_top = max(memo_top, arg + 1)
+            elif name == "MEMOIZE":
+                memo_top += 1
+            elif isinstance(arg, (str, bytes, bytearray)):
+                cost += _HEADER + 4 * len(arg)
+            elif isinstance(arg, int) and not -5 <= arg <= 256:
+                cost += _HEADER + arg.bit_length() // 8
+            if name == "STOP":
+                break
+    except (ValueError, EOFError) as exc:     # what genops raises for a malformed pickle
+        raise TorchCheckpointError(f"{path}: 'data.pkl' is corrupt ({exc})") from None
+    return cost + 16 * memo_top
+
+
 # -- the unpickler --------------------------------------------------------------------------
 
 class _Unpickler(pickle.Unpickler):
     """Restricted unpickler: allowlisted globals only, storages from the zip's records."""
 
-    def __init__(self, file, zf, prefix, path, big_endian):
+    def __init__(self, file, zf, prefix, path, big_endian, size):
         super().__init__(file)
+        self._size = size
         self._zf = zf
         self._prefix = prefix
         self._path = path
         self._big_endian = big_endian
         self._storages = {}
+        # bytes the returned arrays may still take (see ARRAY_FACTOR)
+        self._array_budget = ARRAY_FACTOR * size + MEMORY_CONSTANT
         rebuilders = {
             "_rebuild_tensor_v2": self._rebuild_tensor_v2,
             "_rebuild_tensor": self._rebuild_tensor,
@@ -238,14 +345,14 @@ class _Unpickler(pickle.Unpickler):
         except KeyError:
             raise self._error(f"storage record {name!r} is missing from the archive") \
                 from None
+        _check_stored(info, self._path, self._size)
         if info.file_size != numel * itemsize:
             raise self._error(
                 f"storage record {name!r} holds {info.file_size} bytes, but data.pkl "
                 f"declares {numel} elements of {itemsize} bytes")
         try:
             raw = self._zf.read(info)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
-                NotImplementedError) as exc:
+        except _ZIP_ERRORS as exc:
             raise self._error(f"cannot read storage record {name!r}: {exc}") from None
         if len(raw) != info.file_size:
             raise self._error(f"storage record {name!r} is truncated")
@@ -294,9 +401,14 @@ class _Unpickler(pickle.Unpickler):
                 or any(s < 0 for s in stride) or offset < 0 or len(size) > 64:
             raise self._error(f"tensor on storage {storage.key!r} has an invalid "
                               f"size {size}, stride {stride} or offset {offset}")
-        if math.prod(size) * dtype.result.itemsize > np.iinfo(np.intp).max:
-            raise self._error(f"tensor on storage {storage.key!r} has size {size}: too large "
-                              "to allocate")
+        nbytes = math.prod(size) * dtype.result.itemsize
+        if nbytes > self._array_budget:
+            raise self._error(
+                f"tensor on storage {storage.key!r} has size {size} ({nbytes} bytes): the "
+                "arrays read from a file of S bytes may take at most "
+                f"{ARRAY_FACTOR} * S + {MEMORY_CONSTANT // 2**20} MiB (each view of a storage "
+                "is a copy and counts), so the file is refused as a memory bomb")
+        self._array_budget -= nbytes
         itemsize = dtype.storage.itemsize
         n_storage = storage.data.size // itemsize
         if 0 in size:
@@ -334,9 +446,12 @@ def load_torch_state_dict(path):
 
     Parameters
     ----------
-    path : str or os.PathLike
+    path : str, os.PathLike or binary file object
         A file written by ``torch.save`` in the zip format (the default since torch 1.6),
-        on any device (``location`` is ignored: everything loads to host memory).
+        on any device (``location`` is ignored: everything loads to host memory). A file
+        object (``open(p, "rb")``, ``io.BytesIO(data)``) must be readable and seekable; it
+        is read from its start and left open, and errors name it by its ``name``
+        attribute, else ``<file object>``.
 
     Returns
     -------
@@ -360,16 +475,22 @@ def load_torch_state_dict(path):
         nothing named by the file is ever imported or called.
     TorchCheckpointError
         (a ``ValueError``) for an empty, truncated or non-zip file, a legacy (torch < 1.6)
-        or TorchScript file, a missing ``data.pkl`` or storage record, a tensor that would
-        read past its storage, or a dtype NumPy lacks (float8, quantized).
+        or TorchScript file, a missing ``data.pkl`` or storage record, a compressed
+        record, a tensor that would read past its storage, a dtype NumPy lacks (float8,
+        quantized), or a file that would need more memory than the bound below.
     OSError
-        When the file cannot be opened.
+        When the file cannot be opened or read.
+    TypeError
+        When ``path`` is neither a path nor a readable, seekable binary file object.
 
     Notes
     -----
     Safe on untrusted files in the sense of ``torch.load(weights_only=True)``: no code
-    runs and no byte outside the file is read. Memory is not bounded by the file size:
-    every tensor is a copy, and a file may declare many tensors over one storage.
+    runs and no byte outside the file is read. Memory is bounded by the file's size S:
+    at most 69 S + 32 MiB (docs/security.md): records must be stored uncompressed, the
+    pickle's opcodes are costed before it is unpickled, and the returned arrays may take
+    at most 4 S + 32 MiB (every tensor is a copy, so views of one storage count once
+    each; a file declaring more is refused).
 
     Examples
     --------
@@ -378,9 +499,37 @@ def load_torch_state_dict(path):
     >>> bn.load_state_dict({k[len("1."):]: v for k, v in sd.items()
     ...                     if k.startswith("1.")})             # doctest: +SKIP
     """
+    if hasattr(path, "read"):
+        return _load_file_object(path)
     path = os.fspath(path)
     with open(path, "rb") as f:
-        head = f.read(16)
+        return _load_file(f, path)
+
+
+def _load_file_object(f):
+    name = getattr(f, "name", None)
+    name = name if isinstance(name, str) else "<file object>"
+    try:
+        seekable = f.seekable()
+    except (AttributeError, ValueError, OSError):
+        seekable = False
+    if not seekable:
+        raise TypeError(f"path must be a path or a seekable binary file object, got a "
+                        f"non-seekable {type(f).__name__}")
+    f.seek(0)
+    head = f.read(0)
+    if not isinstance(head, bytes):
+        raise TypeError(f"path must be opened in binary mode ('rb'), got {type(f).__name__} "
+                        f"reading {type(head).__name__}")
+    return _load_file(f, name)
+
+
+def _load_file(f, path):
+    """Read the checkpoint in the seekable binary file ``f`` (named ``path`` in errors)."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(0)
+    head = f.read(16)
+    f.seek(0)
     if not head:
         raise TorchCheckpointError(f"{path}: the file is empty, not a torch.save checkpoint")
     if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
@@ -393,15 +542,15 @@ def load_torch_state_dict(path):
             f"{path}: not a torch.save checkpoint (a zip archive starting with b'PK\\x03\\x04'); "
             f"the file starts with {head[:8]!r}")
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+        zf = zipfile.ZipFile(f)
+    except _ZIP_ERRORS as exc:
         raise TorchCheckpointError(f"{path}: truncated or corrupt zip archive ({exc})") \
             from None
     with zf:
-        return _load_from_zip(zf, path)
+        return _load_from_zip(zf, path, size)
 
 
-def _load_from_zip(zf, path):
+def _load_from_zip(zf, path, size):
     names = zf.namelist()
     if not names or "/" not in names[0]:
         raise TorchCheckpointError(f"{path}: the zip archive has no <archive>/data.pkl record; "
@@ -418,18 +567,27 @@ def _load_from_zip(zf, path):
                                    "it was not written by torch.save")
     big_endian = False
     if f"{prefix}/byteorder" in names:
+        _check_stored(zf.getinfo(f"{prefix}/byteorder"), path, size)
         order = _read(zf, f"{prefix}/byteorder", path, limit=16)
         if order not in (b"little", b"big"):
             raise TorchCheckpointError(f"{path}: unknown byteorder record {order[:16]!r}")
         big_endian = order == b"big"
-    with _open(zf, pkl, path) as f:
-        unpickler = _Unpickler(f, zf, prefix, path, big_endian)
+    info = zf.getinfo(pkl)
+    _check_stored(info, path, size)
+    data = _read(zf, pkl, path, limit=info.file_size)
+    cost = _pickle_cost(data, path)
+    if cost > PICKLE_FACTOR * len(data) + MEMORY_CONSTANT:
+        raise TorchCheckpointError(
+            f"{path}: {pkl!r} ({len(data)} bytes) could build about {cost} bytes of Python "
+            f"objects, more than {PICKLE_FACTOR} times its size + "
+            f"{MEMORY_CONSTANT // 2**20} MiB; a state_dict pickle needs far less, so the file "
+            "is refused as a memory bomb")
+    with io.BytesIO(data) as f:
+        unpickler = _Unpickler(f, zf, prefix, path, big_endian, size)
         try:
             obj = unpickler.load()
-        except (TorchCheckpointError, MemoryError):
+        except TorchCheckpointError:
             raise
-        except (zipfile.BadZipFile, zlib.error) as exc:
-            raise TorchCheckpointError(f"{path}: cannot read {pkl!r}: {exc}") from None
         except RecursionError:
             raise TorchCheckpointError(f"{path}: {pkl!r} is nested too deeply") from None
         except Exception as exc:  # noqa: BLE001 -- a corrupt or hand-made pickle
@@ -448,8 +606,7 @@ def _load_from_zip(zf, path):
 def _open(zf, name, path):
     try:
         return zf.open(name)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
-            NotImplementedError) as exc:
+    except _ZIP_ERRORS as exc:
         raise TorchCheckpointError(f"{path}: cannot read {name!r}: {exc}") from None
 
 
@@ -457,6 +614,6 @@ def _read(zf, name, path, limit):
     with _open(zf, name, path) as f:
         try:
             return f.read(limit)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        except _ZIP_ERRORS as exc:
             raise TorchCheckpointError(f"{path}: cannot read {name!r}: {exc}") from None
 
