@@ -1,0 +1,314 @@
+"""Untrusted files: memory bounded by the file, file objects, and the fuzzer's findings.
+
+Every crafted file here goes through tests/_fuzz_oracle.py's ``check``, the fuzz harness's
+oracle: the reader must return a result or raise its documented ``ValueError`` subclass
+naming the file, raise no audit event of code execution, subprocesses, files or imports,
+and allocate (tracemalloc's peak) at most the bound of docs/security.md:
+``69 S + 32 MiB`` for ``load_torch_state_dict`` and ``4 S + 1 MiB`` for ``cybn.load``, for
+a file of S bytes. The bombs are large enough (hundreds of KiB) that the constant does not
+hide a factor.
+"""
+
+import io
+import struct
+import tracemalloc
+import zipfile
+
+import numpy as np
+import pytest
+from _fuzz_oracle import BOUNDS, NAME, NamedBytesIO, check
+from _torch_files import (
+    _BASE,
+    _ORDERED_DICT,
+    _call,
+    _global,
+    _handmade_file,
+    _int,
+    _state_dict,
+    _storage,
+    _str,
+    _tensor,
+    _tuple,
+    _write,
+)
+
+import cybn
+from cybn._torch_io import PICKLE_FACTOR, _pickle_cost
+
+N = 200_000   # opcodes per pickle bomb: files of 200 KB to 2 MB
+
+
+def _zip_bytes(pickle_bytes, records=None, compress=zipfile.ZIP_STORED):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compress) as zf:
+        zf.writestr("archive/data.pkl", pickle_bytes)
+        for key, data in (records or {}).items():
+            zf.writestr(f"archive/data/{key}", data)
+    return buf.getvalue()
+
+
+def _in_list(body):
+    """A protocol-4 pickle of [<body's values>] inside a state_dict {"x": [...]}."""
+    return b"\x80\x04" + _call(_ORDERED_DICT) + b"(" + _str("x") + b"](" + body + b"eu."
+
+
+# Pickles that build many Python objects from few bytes: (name, pickle bytes).
+def _bombs():
+    od = _global("collections", "OrderedDict")
+    return {
+        "empty_dicts": _in_list(b"}" * N),
+        "empty_lists": _in_list(b"]" * N),
+        "empty_sets": _in_list(b"\x8f" * N),                      # EMPTY_SET (protocol 4)
+        "empty_tuples_in_tuples": _in_list(b")\x85" * N),          # EMPTY_TUPLE, TUPLE1
+        "references": _in_list(b"N\x94" + b"h\x00" * N),           # MEMOIZE once, BINGET
+        "short_strings": _in_list(b"".join(
+            b"\x8c\x04" + f"{i:04x}".encode() for i in range(N // 4))),
+        "long_ints": _in_list(b"".join(
+            b"\x8a\x08" + struct.pack("<q", 2**40 + i) for i in range(N // 4))),
+        "ordered_dict_calls": _in_list(od + b"\x94" + b"h\x00)R" * (N // 4)),
+        "memo_index": _in_list(b"N" + b"r" + struct.pack("<I", 2**31 - 1)),
+        "nested_lists": _in_list(b"](" * 50 + b"e" * 50),
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(_bombs()))
+def test_pickle_bombs_stay_within_the_bound(kind):
+    data = _zip_bytes(_bombs()[kind])
+    result = check("torch", data)
+    pkl = _bombs()[kind]
+    if _pickle_cost(pkl, "x") > PICKLE_FACTOR * len(pkl) + 32 * 2**20:
+        assert isinstance(result, cybn.TorchCheckpointError)
+        assert "memory bomb" in str(result)
+    else:
+        assert isinstance(result, (dict, cybn.TorchCheckpointError)), result
+
+
+@pytest.mark.parametrize("kind", ["empty_dicts", "empty_lists", "empty_sets",
+                                  "empty_tuples_in_tuples", "references", "short_strings",
+                                  "long_ints", "nested_lists"])
+def test_pickle_cost_estimate_is_an_upper_bound(kind):
+    # The estimate the reader refuses by must not be below what unpickling really takes:
+    # measured with plain pickle.loads (these pickles name no global but OrderedDict).
+    import pickle
+    pkl = _bombs()[kind]
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        obj = pickle.loads(pkl)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    del obj
+    assert peak <= _pickle_cost(pkl, "x"), (kind, peak, _pickle_cost(pkl, "x"))
+
+
+def test_legitimate_files_are_far_below_the_pickle_factor(tmp_path):
+    # tools/fuzz/corpus.py measures torch-written pickles at 27-33x; the hand-made ones:
+    expected = _handmade_file(tmp_path / "m.pt")
+    with zipfile.ZipFile(tmp_path / "m.pt") as zf:
+        pkl = zf.read("archive/data.pkl")
+    assert _pickle_cost(pkl, "x") < PICKLE_FACTOR / 1.5 * len(pkl)
+    assert set(cybn.load_torch_state_dict(tmp_path / "m.pt")) == set(expected)
+
+
+def _views(n_views, numel=2**18):
+    """One float32 storage of numel elements, read n_views times in full."""
+    entries = [(f"v{i}", _tensor(_storage("0", numel), 0, (numel,), (1,)))
+               for i in range(n_views)]
+    records = {"0": np.zeros(numel, np.float32).tobytes()}
+    return _zip_bytes(_state_dict(entries), records)
+
+
+def test_a_few_views_of_one_storage_are_accepted():
+    result = check("torch", _views(3))
+    assert isinstance(result, dict) and len(result) == 3
+
+
+def test_many_views_of_one_storage_are_refused():
+    data = _views(200)                          # 1 MiB of data read 200 times: 200 MiB
+    result = check("torch", data)
+    assert isinstance(result, cybn.TorchCheckpointError)
+    assert "memory bomb" in str(result) and NAME in str(result)
+
+
+@pytest.mark.parametrize("size, stride", [((2**20, 2**10), (0, 0)), ((2**31,), (0,)),
+                                          ((64, 2**22), (1, 0))])
+def test_broadcast_views_larger_than_the_file_are_refused(size, stride):
+    ops = _tensor(_storage("0", 12), 0, size, stride)
+    result = check("torch", _zip_bytes(_state_dict([("w", ops)]), {"0": _BASE.tobytes()}))
+    assert isinstance(result, cybn.TorchCheckpointError)
+    assert "memory bomb" in str(result)
+
+
+def test_compressed_records_are_refused():
+    pkl = _state_dict([("w", _tensor(_storage("0", 12), 0, (12,), (1,)))])
+    data = _zip_bytes(pkl, {"0": _BASE.tobytes()}, compress=zipfile.ZIP_DEFLATED)
+    result = check("torch", data)
+    assert isinstance(result, cybn.TorchCheckpointError)
+    assert "is compressed" in str(result)
+
+
+def test_a_record_larger_than_the_file_is_refused():
+    pkl = _state_dict([("w", _tensor(_storage("0", 12), 0, (12,), (1,)))])
+    data = bytearray(_zip_bytes(pkl, {"0": _BASE.tobytes()}))
+    # Central directory entry of archive/data/0: make its sizes claim 1 GiB.
+    at = data.rfind(b"PK\x01\x02")
+    data[at + 20:at + 28] = struct.pack("<II", 2**30, 2**30)
+    result = check("torch", bytes(data))
+    assert isinstance(result, cybn.TorchCheckpointError)
+
+
+def _shift_central_directory(data, by):
+    """Claim the central directory starts `by` bytes later than it does: zipfile then puts
+    every member before the archive's start (found by the fuzzer: a negative seek)."""
+    data = bytearray(data)
+    end = data.rfind(b"PK\x05\x06")
+    offset = struct.unpack_from("<I", data, end + 16)[0]
+    struct.pack_into("<I", data, end + 16, offset + by)
+    return bytes(data)
+
+
+def test_fuzz_finding_negative_member_offset(tmp_path):
+    # Found by tools/fuzz/fuzz.py torch on 2026-12-07: ValueError("negative seek value")
+    # escaped from zipfile (now a TorchCheckpointError / StateFileError naming the file).
+    _handmade_file(tmp_path / "m.pt")
+    data = _shift_central_directory((tmp_path / "m.pt").read_bytes(), 20_000)
+    result = check("torch", data)
+    assert isinstance(result, cybn.TorchCheckpointError), result
+    buf = io.BytesIO()
+    cybn.save(cybn.BatchNorm1d(3), buf)
+    result = check("npz", _shift_central_directory(buf.getvalue(), 20_000))
+    assert isinstance(result, cybn.StateFileError), result
+
+
+# -- cybn.load (.npz) -------------------------------------------------------------------------
+
+def _saved(module=None):
+    buf = io.BytesIO()
+    cybn.save(module or cybn.BatchNorm1d(4), buf)
+    return buf.getvalue()
+
+
+def _npz(entries, compress=False):
+    buf = io.BytesIO()
+    (np.savez_compressed if compress else np.savez)(buf, **entries)
+    return buf.getvalue()
+
+
+def _entries(**changes):
+    entries = dict(np.load(io.BytesIO(_saved())))
+    entries.update(changes)
+    return {k: v for k, v in entries.items() if v is not None}
+
+
+def test_npz_round_trip_through_the_oracle():
+    module = cybn.BatchNorm2d(3, dtype=np.float64, momentum=None)
+    module.running_mean[:] = [1, 2, 3]
+    result = check("npz", _saved(module))
+    assert isinstance(result, cybn.BatchNorm2d)
+    np.testing.assert_array_equal(result.running_mean, [1, 2, 3])
+
+
+@pytest.mark.parametrize("what, entries, message", [
+    ("compressed", "compressed", "is compressed"),
+    ("foreign entry", {"extra": np.arange(3)}, "unexpected entries"),
+    ("object array", {"extra": np.array([None], dtype=object)}, "unexpected entries"),
+    ("num_features against weight", {"num_features": np.array(2**28)}, "has shape"),
+    ("missing weight", {"weight": None}, "'weight' is missing"),
+    ("class not cybn's", {"__class__": np.array("Conv2d")}, "unknown module class"),
+    ("class as a number", {"__class__": np.array(3)}, "must be a scalar"),
+    ("eps as an array", {"eps": np.ones(2)}, "must be a scalar"),
+    ("newer format", {"__cybn_format__": np.array(99)}, "format 99"),
+    ("bad dtype name", {"dtype": np.array("int32")}, "cannot be rebuilt"),
+])
+def test_npz_bad_files(what, entries, message):
+    data = _npz(_entries(), compress=True) if entries == "compressed" else _npz(
+        _entries(**entries))
+    result = check("npz", data)
+    assert isinstance(result, cybn.StateFileError), (what, result)
+    assert message in str(result), (what, str(result))
+
+
+def test_npz_declared_shape_larger_than_the_data():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for key, value in _entries().items():
+            npy = io.BytesIO()
+            np.lib.format.write_array(npy, value)
+            raw = npy.getvalue()
+            if key == "weight":                  # 36 bytes declared, 16 present
+                raw = raw.replace(b"'shape': (4,)", b"'shape': (9,)")
+            zf.writestr(f"{key}.npy", raw)
+    result = check("npz", buf.getvalue())
+    assert isinstance(result, cybn.StateFileError)
+    assert "truncated or corrupt" in str(result)
+
+
+def test_npz_huge_num_features_without_arrays_allocates_nothing():
+    # affine=False, track_running_stats=False: no (num_features,) array exists, so a huge
+    # count is accepted and costs nothing (the oracle checks the memory).
+    module = cybn.BatchNorm1d(3, affine=False, track_running_stats=False)
+    entries = dict(np.load(io.BytesIO(_saved(module))))
+    entries["num_features"] = np.array(2**40)
+    result = check("npz", _npz(entries))
+    assert isinstance(result, cybn.BatchNorm1d) and result.num_features == 2**40
+
+
+def test_npz_bound_holds_for_a_real_file():
+    big = cybn.BatchNorm1d(2**16, dtype=np.float64)
+    data = _saved(big)
+    assert len(data) > 2**21
+    assert isinstance(check("npz", data), cybn.BatchNorm1d)
+    assert BOUNDS["npz"](len(data)) < 5 * len(data)
+
+
+# -- file objects -----------------------------------------------------------------------------
+
+def test_file_objects(tmp_path):
+    expected = _handmade_file(tmp_path / "m.pt")
+    raw = (tmp_path / "m.pt").read_bytes()
+    from_bytes = cybn.load_torch_state_dict(io.BytesIO(raw))
+    with open(tmp_path / "m.pt", "rb") as f:
+        f.read(5)                                  # read from the start whatever the position
+        from_file = cybn.load_torch_state_dict(f)
+        assert not f.closed                        # the caller's file stays open
+    assert list(from_bytes) == list(from_file) == list(expected)
+    for key in expected:
+        np.testing.assert_array_equal(from_bytes[key], from_file[key])
+
+
+def test_file_object_errors_name_the_file(tmp_path):
+    with pytest.raises(cybn.TorchCheckpointError, match="<file object>: the file is empty"):
+        cybn.load_torch_state_dict(io.BytesIO(b""))
+    with pytest.raises(cybn.TorchCheckpointError, match=NAME):
+        cybn.load_torch_state_dict(NamedBytesIO(b"not a zip"))
+    (tmp_path / "t.txt").write_text("text")
+    with open(tmp_path / "t.txt") as f, pytest.raises(TypeError, match="binary mode"):
+        cybn.load_torch_state_dict(f)
+
+    class Pipe(io.RawIOBase):
+        def readable(self):
+            return True
+
+        def seekable(self):
+            return False
+
+    with pytest.raises(TypeError, match="seekable"):
+        cybn.load_torch_state_dict(Pipe())
+
+
+def test_written_files_round_trip_through_the_oracle(tmp_path):
+    _write(tmp_path / "w.pt", _state_dict([("w", _tensor(_storage("0", 12), 1, (3, 2),
+                                                          (4, 1)))]), {"0": _BASE.tobytes()})
+    result = check("torch", (tmp_path / "w.pt").read_bytes())
+    np.testing.assert_array_equal(result["w"], _BASE[1:].reshape(-1)[: 12 - 1][
+        np.add.outer(np.arange(3) * 4, np.arange(2))])
+
+
+def test_int_helper_matches_pickle():
+    # _int (the test writer) against pickle's own encoding of the boundary values
+    import pickle
+    for value in (0, -1, 2**31 - 1, 2**31, -(2**31) - 1, 2**62):
+        assert pickle.loads(b"\x80\x02" + _int(value) + b".") == value
+    assert pickle.loads(b"\x80\x02" + _tuple(_int(1), _int(2)) + b".") == (1, 2)
