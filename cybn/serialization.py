@@ -110,8 +110,11 @@ def load(path):
         if isinstance(path, (str, bytes, os.PathLike)) and not os.path.exists(path):
             raise                                   # the file cannot be opened: as documented
         raise StateFileError(f"{name}: not a file written by cybn.save() ({exc})") from None
-    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise StateFileError(f"{name}: not a file written by cybn.save() ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - NumPy's parsers of a hostile file raise
+        # anything: zipfile's BadZipFile and ValueError, tokenize's TokenError for a broken
+        # .npy header (found by the fuzzer), MemoryError, RecursionError ...
+        raise StateFileError(f"{name}: not a file written by cybn.save() "
+                             f"({type(exc).__name__}: {exc})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise StateFileError(f"{name}: not a file written by cybn.save() (a single .npy "
                              "array, not an .npz archive)")
@@ -173,10 +176,11 @@ def _check_declared_size(zf, info, key, name, size):
             else:
                 raise ValueError(f"unsupported .npy version {version}")
             header = f.tell()
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile,
-            zlib.error) as exc:
-        raise StateFileError(f"{name}: entry {key!r} has a corrupt .npy header ({exc})") \
-            from None
+    except Exception as exc:  # noqa: BLE001 - NumPy's header parser (ast, tokenize) on
+        # hostile text raises ValueError, SyntaxError, TokenError (found by the fuzzer),
+        # MemoryError, RecursionError; zipfile its own errors
+        raise StateFileError(f"{name}: entry {key!r} has a corrupt .npy header "
+                             f"({type(exc).__name__}: {exc})") from None
     if dtype.hasobject:
         raise StateFileError(f"{name}: entry {key!r} holds Python objects; cybn.save() "
                              "writes numbers and strings only")

@@ -312,3 +312,22 @@ def test_int_helper_matches_pickle():
     for value in (0, -1, 2**31 - 1, 2**31, -(2**31) - 1, 2**62):
         assert pickle.loads(b"\x80\x02" + _int(value) + b".") == value
     assert pickle.loads(b"\x80\x02" + _tuple(_int(1), _int(2)) + b".") == (1, 2)
+
+
+def test_fuzz_finding_unterminated_npy_header():
+    # Found by tools/fuzz/fuzz.py npz on 2026-12-07: a header cut after "'fortran_order'"
+    # (an unclosed brace) made NumPy's legacy-header filter raise tokenize.TokenError.
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for key, value in _entries().items():
+            npy = io.BytesIO()
+            np.lib.format.write_array(npy, value)
+            raw = npy.getvalue()
+            if key == "__class__":
+                end = raw.index(b"\n")
+                cut = raw.index(b", 'shape'")
+                raw = raw[:cut] + b" " * (end - cut) + raw[end:]
+            zf.writestr(f"{key}.npy", raw)
+    result = check("npz", buf.getvalue())
+    assert isinstance(result, cybn.StateFileError), result
+    assert "corrupt .npy header" in str(result)
