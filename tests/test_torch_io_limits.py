@@ -331,3 +331,20 @@ def test_fuzz_finding_unterminated_npy_header():
     result = check("npz", buf.getvalue())
     assert isinstance(result, cybn.StateFileError), result
     assert "corrupt .npy header" in str(result)
+
+
+def test_hash_flooding_keys_are_refused():
+    # 5,000 ints that all hash alike (multiples of 2**61 - 1) as keys of one dict: building
+    # it is quadratic (40,000 keys took 8.4 s). Refused before unpickling.
+    modulus = 2**61 - 1
+    body = b"".join(_int(i * modulus) + b"N" for i in range(1, 5001))
+    data = _zip_bytes(b"\x80\x02" + _call(_ORDERED_DICT) + b"(" + _str("x") + b"}(" + body
+                      + b"uu.")
+    result = check("torch", data)
+    assert isinstance(result, cybn.TorchCheckpointError)
+    assert "hash flooding" in str(result)
+    # A thousand of them (a checkpoint holding large ints in some other role) still loads.
+    body = b"".join(_int(i * modulus) + b"N" for i in range(1, 1001))
+    data = _zip_bytes(b"\x80\x02" + _call(_ORDERED_DICT) + b"(" + _str("x") + b"}(" + body
+                      + b"uu.")
+    assert len(check("torch", data)["x"]) == 1000
