@@ -162,11 +162,11 @@ _LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 #     S                                   the records it reads (STORED only: never more than
 #                                         their size in the file)
 #   + PICKLE_FACTOR * len(data.pkl)       the Python objects the pickle builds, estimated
-#                                         from its opcodes before anything is built
+#     + MEMORY_CONSTANT                   from its opcodes before anything is built
 #   + ARRAY_FACTOR * S + MEMORY_CONSTANT  the arrays returned
-# so at most (1 + PICKLE_FACTOR + ARRAY_FACTOR) * S + MEMORY_CONSTANT = 69 S + 32 MiB.
-# docs/security.md states the bound; tests/test_torch_io_limits.py and fuzz/ check it with
-# tracemalloc.
+# so at most (1 + PICKLE_FACTOR + ARRAY_FACTOR) * S + 2 * MEMORY_CONSTANT = 69 S + 64 MiB.
+# docs/security.md states the bound; tests/test_torch_io_limits.py and tools/fuzz/ check it
+# with tracemalloc (tests/_fuzz_oracle.py).
 #
 # ARRAY_FACTOR: every tensor is copied out of its storage, so views of one storage cost once
 # per view, and bfloat16 widens to float32 (2x). 4 admits a state_dict that slices a storage
@@ -502,7 +502,7 @@ def load_torch_state_dict(path):
     -----
     Safe on untrusted files in the sense of ``torch.load(weights_only=True)``: no code
     runs and no byte outside the file is read. Memory is bounded by the file's size S:
-    at most 69 S + 32 MiB (docs/security.md): records must be stored uncompressed, the
+    at most 69 S + 64 MiB (docs/security.md): records must be stored uncompressed, the
     pickle's opcodes are costed before it is unpickled, and the returned arrays may take
     at most 4 S + 32 MiB (every tensor is a copy, so views of one storage count once
     each; a file declaring more is refused).

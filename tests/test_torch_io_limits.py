@@ -4,7 +4,7 @@ Every crafted file here goes through tests/_fuzz_oracle.py's ``check``, the fuzz
 oracle: the reader must return a result or raise its documented ``ValueError`` subclass
 naming the file, raise no audit event of code execution, subprocesses, files or imports,
 and allocate (tracemalloc's peak) at most the bound of docs/security.md:
-``69 S + 32 MiB`` for ``load_torch_state_dict`` and ``4 S + 1 MiB`` for ``cybn.load``, for
+``69 S + 64 MiB`` for ``load_torch_state_dict`` and ``4 S + 1 MiB`` for ``cybn.load``, for
 a file of S bytes. The bombs are large enough (hundreds of KiB) that the constant does not
 hide a factor.
 """
