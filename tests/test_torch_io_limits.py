@@ -230,17 +230,24 @@ def test_npz_bad_files(what, entries, message):
     assert message in str(result), (what, str(result))
 
 
-def test_npz_declared_shape_larger_than_the_data():
+def _npz_with_edited(key, edit):
+    """A saved file whose entry `key` has its .npy bytes replaced by edit(bytes); valid zip
+    (the CRCs are those of the edited bytes)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        for key, value in _entries().items():
+        for name, value in _entries().items():
             npy = io.BytesIO()
             np.lib.format.write_array(npy, value)
             raw = npy.getvalue()
-            if key == "weight":                  # 36 bytes declared, 16 present
-                raw = raw.replace(b"'shape': (4,)", b"'shape': (9,)")
-            zf.writestr(f"{key}.npy", raw)
-    result = check("npz", buf.getvalue())
+            zf.writestr(f"{name}.npy", edit(raw) if name == key else raw)
+    return buf.getvalue()
+
+
+def test_npz_declared_shape_larger_than_the_data():
+    # 36 bytes declared, 16 present
+    data = _npz_with_edited("weight", lambda raw: raw.replace(b"'shape': (4,)",
+                                                              b"'shape': (9,)"))
+    result = check("npz", data)
     assert isinstance(result, cybn.StateFileError)
     assert "truncated or corrupt" in str(result)
 
@@ -317,18 +324,11 @@ def test_int_helper_matches_pickle():
 def test_fuzz_finding_unterminated_npy_header():
     # Found by tools/fuzz/fuzz.py npz on 2026-12-07: a header cut after "'fortran_order'"
     # (an unclosed brace) made NumPy's legacy-header filter raise tokenize.TokenError.
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for key, value in _entries().items():
-            npy = io.BytesIO()
-            np.lib.format.write_array(npy, value)
-            raw = npy.getvalue()
-            if key == "__class__":
-                end = raw.index(b"\n")
-                cut = raw.index(b", 'shape'")
-                raw = raw[:cut] + b" " * (end - cut) + raw[end:]
-            zf.writestr(f"{key}.npy", raw)
-    result = check("npz", buf.getvalue())
+    def unterminated(raw):
+        end, cut = raw.index(b"\n"), raw.index(b", 'shape'")
+        return raw[:cut] + b" " * (end - cut) + raw[end:]
+
+    result = check("npz", _npz_with_edited("__class__", unterminated))
     assert isinstance(result, cybn.StateFileError), result
     assert "corrupt .npy header" in str(result)
 
