@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 import zipfile
 import zlib
 
@@ -149,17 +150,23 @@ def _read_entries(npz, name, size):
         raise StateFileError(f"{name}: unexpected entries {unknown}; cybn.save() writes "
                              f"only {sorted(_META)} and the state_dict keys")
     entries = {}
-    for key in files:
-        info = npz.zip.getinfo(key + ".npy")
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise StateFileError(
-                f"{name}: entry {key!r} is compressed; cybn.save() writes uncompressed "
-                ".npz files, and a compressed entry could expand without bound")
-        _check_declared_size(npz.zip, info, key, name, size)
-        try:
-            entries[key] = npz[key]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise StateFileError(f"{name}: entry {key!r} is corrupt ({exc})") from None
+    # NumPy warns (UserWarning) when it must rewrite a header that only Python 2 wrote; no
+    # cybn.save() file has one, so the warning becomes an error and the file is refused
+    # (the fuzzer found it). catch_warnings changes process-wide filters for the moment.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for key in files:
+            info = npz.zip.getinfo(key + ".npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise StateFileError(
+                    f"{name}: entry {key!r} is compressed; cybn.save() writes uncompressed "
+                    ".npz files, and a compressed entry could expand without bound")
+            _check_declared_size(npz.zip, info, key, name, size)
+            try:
+                entries[key] = npz[key]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+                    Warning) as exc:
+                raise StateFileError(f"{name}: entry {key!r} is corrupt ({exc})") from None
     return entries
 
 

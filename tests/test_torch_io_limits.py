@@ -348,3 +348,20 @@ def test_hash_flooding_keys_are_refused():
     data = _zip_bytes(b"\x80\x02" + _call(_ORDERED_DICT) + b"(" + _str("x") + b"}(" + body
                       + b"uu.")
     assert len(check("torch", data)["x"]) == 1000
+
+
+def test_fuzz_finding_python2_npy_header():
+    # Found by tools/fuzz/fuzz.py npz on 2026-12-07: a header NumPy can read only after its
+    # Python 2 rewrite ("4L") made NumPy warn, and the warning's display opened a source
+    # file. No cybn.save() file has such a header: refused, without a warning.
+    def python2(raw):
+        newline = raw.index(b"\n")              # keep the header's length: one pad space less
+        raw = raw[:newline - 1] + raw[newline:]
+        return raw.replace(b"'shape': (4,)", b"'shape': (4L,)")
+
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = check("npz", _npz_with_edited("weight", python2))
+    assert isinstance(result, cybn.StateFileError), result
+    assert not caught, [str(w.message) for w in caught]
