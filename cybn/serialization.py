@@ -142,7 +142,14 @@ def _file_size(path):
 
 def _read_entries(npz, name, size):
     """Every entry as an array, after checking it can be read within the memory bound."""
-    files = npz.files
+    # Every member is "<key>.npy", once: NumPy's npz.files would also list a member named
+    # "<key>" without the suffix, which its reader then cannot find (found by the fuzzer).
+    members = npz.zip.namelist()
+    files = [m[:-4] for m in members if m.endswith(".npy")]
+    if len(files) != len(members) or len(set(files)) != len(files):
+        odd = sorted({m for m in members if not m.endswith(".npy") or members.count(m) > 1})
+        raise StateFileError(f"{name}: not a file written by cybn.save() (members {odd[:5]} "
+                             "are not one '<key>.npy' each)")
     if "__cybn_format__" not in files:
         raise StateFileError(f"{name} is not a file written by cybn.save()")
     unknown = sorted(set(files) - set(_META) - set(_STATE_KEYS))

@@ -53,9 +53,11 @@ _hook_installed = False
 
 def _warm_up():
     """Import what the readers import lazily (zipfile's cp437 codec for names without the
-    UTF-8 flag; unicodedata for identifiers in a .npy header, which ast parses), so that the watch sees only the input's doing:
+    UTF-8 flag; pickle's codecs for its text opcodes, found by the fuzzer; unicodedata for
+    identifiers in a .npy header, which ast parses), so that the watch sees only the input's doing:
     read one valid file of each kind."""
-    b"x".decode("cp437")
+    for codec in ("cp437", "raw_unicode_escape", "unicode_escape", "latin-1", "ascii"):
+        b"x".decode(codec)      # zipfile's names; pickle's UNICODE, STRING, BINSTRING
     import unicodedata  # noqa: F401 - .npy headers are parsed by ast, which may need it
     buf = io.BytesIO()
     cybn.save(cybn.BatchNorm1d(2), buf)

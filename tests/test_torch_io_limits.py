@@ -230,16 +230,19 @@ def test_npz_bad_files(what, entries, message):
     assert message in str(result), (what, str(result))
 
 
-def _npz_with_edited(key, edit):
-    """A saved file whose entry `key` has its .npy bytes replaced by edit(bytes); valid zip
-    (the CRCs are those of the edited bytes)."""
+def _npz_with_edited(key, edit=bytes, member=None):
+    """A saved file whose entry `key` has its .npy bytes replaced by edit(bytes) and is
+    stored as `member` (default "<key>.npy"); a valid zip (CRCs of the edited bytes)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name, value in _entries().items():
             npy = io.BytesIO()
             np.lib.format.write_array(npy, value)
             raw = npy.getvalue()
-            zf.writestr(f"{name}.npy", edit(raw) if name == key else raw)
+            if name == key:
+                zf.writestr(member or f"{name}.npy", edit(raw))
+            else:
+                zf.writestr(f"{name}.npy", raw)
     return buf.getvalue()
 
 
@@ -365,3 +368,11 @@ def test_fuzz_finding_python2_npy_header():
         result = check("npz", _npz_with_edited("weight", python2))
     assert isinstance(result, cybn.StateFileError), result
     assert not caught, [str(w.message) for w in caught]
+
+
+def test_fuzz_finding_member_without_npy_suffix():
+    # Found by tools/fuzz/fuzz.py npz on 2026-12-07: a member named "__cybn_format__" (no
+    # ".npy") is listed by NumPy's NpzFile.files, whose reader then raised KeyError.
+    result = check("npz", _npz_with_edited("__cybn_format__", member="__cybn_format__"))
+    assert isinstance(result, cybn.StateFileError), result
+    assert "not one '<key>.npy' each" in str(result)
