@@ -36,6 +36,7 @@ import math
 import os
 import pickle
 import pickletools
+import warnings
 import zipfile
 import zlib
 
@@ -164,7 +165,7 @@ _LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 #   + PICKLE_FACTOR * len(data.pkl)       the Python objects the pickle builds, estimated
 #     + MEMORY_CONSTANT                   from its opcodes before anything is built
 #   + ARRAY_FACTOR * S + MEMORY_CONSTANT  the arrays returned
-# so at most (1 + PICKLE_FACTOR + ARRAY_FACTOR) * S + 2 * MEMORY_CONSTANT = 69 S + 64 MiB.
+# so at most (1 + PICKLE_FACTOR + ARRAY_FACTOR) * S + 2 * MEMORY_CONSTANT = 101 S + 64 MiB.
 # docs/security.md states the bound; tests/test_torch_io_limits.py and tools/fuzz/ check it
 # with tracemalloc (tests/_fuzz_oracle.py).
 #
@@ -174,10 +175,11 @@ _LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 # broadcast (stride 0), far larger than its data.
 ARRAY_FACTOR = 4
 # PICKLE_FACTOR: _pickle_cost charges each opcode the most CPython's unpickler allocates for
-# it; torch.save pickles of state_dicts estimate at 27-33x their size (the fuzz corpus,
-# python tools/fuzz/corpus.py prints it), so 64 leaves twice that, while a pickle of
-# nothing but empty dicts (136x by the estimate) or OrderedDict() calls is refused.
-PICKLE_FACTOR = 64
+# it, and each call a slot per entry its arguments reach; torch.save pickles of state_dicts
+# estimate at 32-44x their size (the fuzz corpus: python tools/fuzz/corpus.py prints it), so
+# 96 leaves twice that, while a pickle of nothing but empty dicts (136x by the estimate),
+# OrderedDict() calls or copies of one dict is refused.
+PICKLE_FACTOR = 96
 MEMORY_CONSTANT = 32 * 2**20
 
 
@@ -251,44 +253,170 @@ _HASH_MODULUS = 2**61 - 1
 _HUGE_INTS = 1024
 
 
+# Nesting: hashing a tuple recurses in C without a depth limit, so a key nested 150,000
+# deep overflowed the C stack (found by an adversarial review); repr and user code recurse
+# too. A state_dict nests less than 10 deep; 1,000 is Python's own recursion limit.
+_MAX_DEPTH = 1000
+# Dict keys and set members may be only these (what a checkpoint uses: str keys, int keys in
+# an optimizer's state). Tuples of -1 and -2 all share one hash (hash(-1) == hash(-2)), so
+# a dict keyed by them is quadratic to build (32,000 keys, 387 KB: 33 s): refused.
+_KEY_KINDS = frozenset(["int", "int_or_bool", "bool", "None", "float", "str", "bytes",
+                        "bytes_or_str"])
+_GETS = frozenset(["GET", "BINGET", "LONG_BINGET"])
+_SIZE_CAP = 1 << 40
+
+
 def _pickle_cost(data, path):
     """An upper bound of the bytes unpickling ``data`` allocates, from its opcodes alone.
 
     Walks the opcodes with :func:`pickletools.genops`, which parses their arguments but
-    builds nothing (its own memory is that of one argument at a time). Raises
-    TorchCheckpointError for a pickle it cannot parse.
+    builds nothing, and follows the unpickler's stack with a record per value (its kind,
+    nesting depth and the number of entries it reaches), so that it can also refuse what
+    would crash or stall the C unpickler: nesting deeper than _MAX_DEPTH, dict keys or set
+    members other than _KEY_KINDS, more than _HUGE_INTS integers of 61 bits or more (hash
+    flooding). A call (REDUCE, NEWOBJ, BUILD) is charged a slot per entry its arguments
+    reach: ``OrderedDict(d)`` copies ``d``. Raises TorchCheckpointError for a pickle it
+    cannot parse or refuses.
     """
+    def fail(why):
+        raise TorchCheckpointError(f"{path}: 'data.pkl' {why}")
+
     cost = 0
-    memo_top = 0
     huge_ints = 0
+    stack, marks, memo = [], [], {}
+
+    def pop(n):
+        if len(stack) - (marks[-1] if marks else 0) < n:
+            fail("is corrupt (stack underflow)")
+        items = stack[len(stack) - n:]
+        del stack[len(stack) - n:]
+        return items
+
+    def pop_to_mark():
+        if not marks:
+            fail("is corrupt (no MARK)")
+        at = marks.pop()
+        items = stack[at:]
+        del stack[at:]
+        return items
+
+    def record(kind, items):
+        depth = 1 + max((item[1] for item in items), default=0)
+        if depth > _MAX_DEPTH:
+            fail(f"nests values more than {_MAX_DEPTH} deep; a state_dict needs a few levels, "
+                 "and deeper ones can crash the unpickler, so the file is refused")
+        return [kind, depth, min(_SIZE_CAP, len(items) + sum(item[2] for item in items))]
+
+    def grow(container, items):
+        grown = record(container[0], items)
+        container[1] = max(container[1], grown[1])
+        container[2] = min(_SIZE_CAP, container[2] + grown[2])
+
+    def keys(items):
+        for item in items:
+            if item[0] not in _KEY_KINDS:
+                fail(f"uses a {item[0]} as a dict key or set member; a state_dict uses "
+                     "strings and integers, and other keys can be made to share one hash "
+                     "(quadratic time), so the file is refused")
+
     try:
-        for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
-            name = opcode.name
-            if opcode.stack_after:
-                cost += _SLOT
-            if name in _CONTAINERS:
-                cost += _CONTAINER
-            elif name in _OBJECTS:
-                cost += _OBJECT
-            if name in _MEMO_PUT:
-                memo_top = max(memo_top, arg + 1)
-            elif name == "MEMOIZE":
-                memo_top += 1
-            elif isinstance(arg, (str, bytes, bytearray)):
-                cost += _HEADER + 4 * len(arg)
-            elif isinstance(arg, int) and not -5 <= arg <= 256:
-                cost += _HEADER + arg.bit_length() // 8
-                huge_ints += abs(arg) >= _HASH_MODULUS
-            if name == "STOP":
-                break
-    except (ValueError, EOFError) as exc:     # what genops raises for a malformed pickle
+        with warnings.catch_warnings():
+            # genops warns (DeprecationWarning) for a protocol-0 string with an invalid
+            # escape; no torch.save pickle has one: an error, not a warning that -W error
+            # would turn into an undocumented exception.
+            warnings.simplefilter("error")
+            for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
+                name = opcode.name
+                if opcode.stack_after:
+                    cost += _SLOT
+                if name in _CONTAINERS:
+                    cost += _CONTAINER
+                elif name in _OBJECTS:
+                    cost += _OBJECT
+                if isinstance(arg, (str, bytes, bytearray)):
+                    cost += _HEADER + 4 * len(arg)
+                elif (isinstance(arg, int) and not -5 <= arg <= 256
+                      and name not in _MEMO_PUT and name not in _GETS):
+                    cost += _HEADER + arg.bit_length() // 8
+                    huge_ints += abs(arg) >= _HASH_MODULUS
+                # -- the stack
+                if name == "MARK":
+                    marks.append(len(stack))
+                elif name in _MEMO_PUT or name == "MEMOIZE":
+                    if not stack:
+                        fail("is corrupt (memoizes an empty stack)")
+                    memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+                elif name in _GETS:
+                    if arg not in memo:
+                        fail(f"is corrupt (memo entry {arg} read before it is written)")
+                    stack.append(memo[arg])
+                elif name == "DUP":
+                    stack.append(pop(1)[0])
+                    stack.append(stack[-1])
+                elif name == "POP":
+                    if marks and marks[-1] == len(stack):
+                        marks.pop()
+                    else:
+                        pop(1)
+                elif name == "POP_MARK":
+                    pop_to_mark()
+                elif name in ("APPEND", "SETITEM"):
+                    items = pop(1 if name == "APPEND" else 2)
+                    if name == "SETITEM":
+                        keys(items[:1])
+                    if not stack:
+                        fail("is corrupt (no container)")
+                    grow(stack[-1], items)
+                elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
+                    items = pop_to_mark()
+                    if name == "SETITEMS":
+                        keys(items[0::2])
+                    elif name == "ADDITEMS":
+                        keys(items)
+                    if not stack:
+                        fail("is corrupt (no container)")
+                    grow(stack[-1], items)
+                elif name in ("LIST", "TUPLE", "DICT", "FROZENSET"):
+                    items = pop_to_mark()
+                    if name == "DICT":
+                        keys(items[0::2])
+                    elif name == "FROZENSET":
+                        keys(items)
+                    stack.append(record(name.lower(), items))
+                elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                    stack.append(record("tuple", pop(int(name[-1]))))
+                elif name in ("EMPTY_LIST", "EMPTY_TUPLE", "EMPTY_DICT", "EMPTY_SET"):
+                    stack.append([name[6:].lower(), 1, 0])
+                elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"):
+                    items = pop(3 if name == "NEWOBJ_EX" else 2)
+                    cost += _SLOT * sum(item[2] for item in items)   # a call may copy them
+                    if name == "BUILD":           # the object stays, with the state in it
+                        stack.append(items[0])
+                        grow(items[0], items[1:])
+                    else:
+                        stack.append(record("call", items[1:]))
+                elif name in ("OBJ", "INST"):
+                    items = pop_to_mark()
+                    cost += _SLOT * sum(item[2] for item in items)
+                    stack.append(record("call", items))
+                elif name in ("STACK_GLOBAL", "BINPERSID"):
+                    pop(2 if name == "STACK_GLOBAL" else 1)
+                    stack.append(["object", 1, 0])
+                elif name in ("GLOBAL", "EXT1", "EXT2", "EXT4", "PERSID", "NEXT_BUFFER"):
+                    stack.append(["object", 1, 0])
+                elif name == "STOP":
+                    break
+                elif opcode.stack_after and not opcode.stack_before:    # a constant
+                    stack.append([opcode.stack_after[0].name, 0, 0])
+    except TorchCheckpointError:
+        raise
+    except (ValueError, EOFError, Warning) as exc:   # what genops raises for a bad pickle
         raise TorchCheckpointError(f"{path}: 'data.pkl' is corrupt ({exc})") from None
     if huge_ints > _HUGE_INTS:
-        raise TorchCheckpointError(
-            f"{path}: 'data.pkl' holds {huge_ints} integers of 61 bits or more; as dict or "
-            "set keys such integers can share one hash and make unpickling take quadratic "
-            "time (hash flooding). A state_dict holds none, so the file is refused")
-    return cost + 16 * memo_top
+        fail(f"holds {huge_ints} integers of 61 bits or more; as dict or set keys such "
+             "integers can share one hash and make unpickling take quadratic time (hash "
+             "flooding). A state_dict holds none, so the file is refused")
+    return cost + 16 * (max(memo, default=-1) + 1)
 
 
 # -- the unpickler --------------------------------------------------------------------------
@@ -296,7 +424,7 @@ def _pickle_cost(data, path):
 class _Unpickler(pickle.Unpickler):
     """Restricted unpickler: allowlisted globals only, storages from the zip's records."""
 
-    def __init__(self, file, zf, prefix, path, big_endian, size):
+    def __init__(self, file, zf, prefix, path, big_endian, size, records_read):
         super().__init__(file)
         self._size = size
         self._zf = zf
@@ -304,6 +432,7 @@ class _Unpickler(pickle.Unpickler):
         self._path = path
         self._big_endian = big_endian
         self._storages = {}
+        self._records_read = records_read   # bytes of the records read, data.pkl's first
         # bytes the returned arrays may still take (see ARRAY_FACTOR)
         self._array_budget = ARRAY_FACTOR * size + MEMORY_CONSTANT
         rebuilders = {
@@ -361,6 +490,15 @@ class _Unpickler(pickle.Unpickler):
             raise self._error(f"storage record {name!r} is missing from the archive") \
                 from None
         _check_stored(info, self._path, self._size)
+        # Records are read once each (storages are cached by key), and records that do not
+        # overlap fit in the file: a sum past the file's size means members that overlap,
+        # each re-reading the same bytes (found by an adversarial review: 1,000 nested
+        # records of a 325 KB file took 221 MB).
+        self._records_read += info.file_size
+        if self._records_read > self._size:
+            raise self._error(f"storage record {name!r} overlaps others: the records read "
+                              f"so far total {self._records_read} bytes, more than the "
+                              f"file's {self._size}")
         if info.file_size != numel * itemsize:
             raise self._error(
                 f"storage record {name!r} holds {info.file_size} bytes, but data.pkl "
@@ -502,7 +640,7 @@ def load_torch_state_dict(path):
     -----
     Safe on untrusted files in the sense of ``torch.load(weights_only=True)``: no code
     runs and no byte outside the file is read. Memory is bounded by the file's size S:
-    at most 69 S + 64 MiB (docs/security.md): records must be stored uncompressed, the
+    at most 101 S + 64 MiB (docs/security.md): records must be stored uncompressed, the
     pickle's opcodes are costed before it is unpickled, and the returned arrays may take
     at most 4 S + 32 MiB (every tensor is a copy, so views of one storage count once
     each; a file declaring more is refused).
@@ -598,7 +736,7 @@ def _load_from_zip(zf, path, size):
             f"{MEMORY_CONSTANT // 2**20} MiB; a state_dict pickle needs far less, so the file "
             "is refused as a memory bomb")
     with io.BytesIO(data) as f:
-        unpickler = _Unpickler(f, zf, prefix, path, big_endian, size)
+        unpickler = _Unpickler(f, zf, prefix, path, big_endian, size, records_read=len(data))
         try:
             obj = unpickler.load()
         except TorchCheckpointError:

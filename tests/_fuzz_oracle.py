@@ -91,17 +91,22 @@ def _readers():
     }
 
 
-def _owned_arrays(value, where="result"):
-    """Every ndarray inside ``value`` (dicts, lists, tuples) owns its memory."""
-    if isinstance(value, np.ndarray):
-        assert value.base is None or value.size == 0 or value.flags.owndata, \
-            f"{where}: an array that does not own its memory"
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _owned_arrays(v, f"{where}[{k!r:.40}]")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _owned_arrays(v, f"{where}[{i}]")
+def _owned_arrays(value):
+    """Every ndarray inside ``value`` (dicts, lists, tuples, at any depth) owns its memory;
+    walked with a stack, not recursion, so a deep result cannot overflow the check."""
+    todo, seen = [value], set()
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, np.ndarray):
+            assert item.base is None or item.size == 0 or item.flags.owndata, \
+                "the result holds an array that does not own its memory"
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
 
 
 def check(target, data):
