@@ -49,6 +49,7 @@ import math
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -655,6 +656,14 @@ def _build_parser():
                         "needs matplotlib: benchmarks/chart.py)")
     p.add_argument("--from-json", metavar="FILE",
                    help="time nothing: write the report (and --chart) of a run saved by --json")
+    p.add_argument("--runs", type=int, default=1, metavar="N",
+                   help="full runs, one after another; the report shows the median of the "
+                        "runs and the range of each ratio (default 1)")
+    p.add_argument("--update-docs", action="store_true",
+                   help="write the results into docs/benchmarks.md and the README summary, "
+                        "the chart into docs/_static/benchmark.png and the runs into "
+                        "docs/_static/benchmark.json (needs --runs 3 or more and the full "
+                        "default cases)")
     p.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     p.add_argument("--no-numpy", action="store_true",
                    help="do not time the NumPy reference (it is still the correctness "
@@ -799,11 +808,75 @@ def _cell(tm, name):
     return text
 
 
-def _ratio(tm, a, b):
+def _ratio_of_medians(tm, a, b):
     ma, mb = _best(tm, a), _best(tm, b)
     if ma is None or mb is None or mb <= 0:
         return None
     return ma / mb
+
+
+def _ratio(tm, a, b):
+    """a's time ÷ b's: of several runs (_combine), the median of the same-run ratios."""
+    runs = tm.get(a, {}).get("ratio_runs", {}).get(b)
+    if runs:
+        return statistics.median(runs)
+    return _ratio_of_medians(tm, a, b)
+
+
+def _ratio_cell(tm, a, b):
+    """The ratio, and over several runs its range: "0.45 (0.41-0.49)"."""
+    text = _fmt_ratio(_ratio(tm, a, b))
+    runs = tm.get(a, {}).get("ratio_runs", {}).get(b)
+    if runs and len(runs) > 1:
+        text += f" ({_fmt_ratio(min(runs))}-{_fmt_ratio(max(runs))})"
+    return text
+
+
+# The ratios the report shows, as (numerator, denominator) pairs.
+_RATIO_PAIRS = [("cybn", "torch"), ("cybn", "numpy"), ("cybn", "sol"), ("module", "cybn"),
+                ("module_out", "module")]
+
+
+def _combine(runs):
+    """One results list from several full runs of the same cases.
+
+    Per case, op and candidate: the median of the runs' medians (its quartiles replaced by
+    the lowest and highest run median, so "(x%)" is the spread across runs), and for each
+    ratio of the report the list of the runs' same-process ratios (``ratio_runs``), whose
+    median the tables show with its range.
+    """
+    combined = []
+    for cases in zip(*runs, strict=True):
+        failed = [c for c in cases if "error" in c]
+        if failed:
+            combined.append(failed[0])
+            continue
+        res = {"spec": cases[0]["spec"], "ops": {}, "env": cases[0].get("env"),
+               "runs": len(cases)}
+        for op in cases[0]["ops"]:
+            tms = [c["ops"].get(op, {}) for c in cases]
+            tm = {}
+            for name in tms[0]:
+                entries = [t[name] for t in tms if name in t]
+                entry = dict(entries[0])
+                meds = [e["median_ns"] for e in entries if "median_ns" in e]
+                if meds:
+                    entry.update(median_ns=statistics.median(meds), q1_ns=min(meds),
+                                 q3_ns=max(meds))
+                if any(e.get("ok") is False for e in entries):
+                    entry["ok"] = False
+                    entry["err"] = max((e["err"] for e in entries if e.get("err") is not None),
+                                       default=None)
+                elif any(e.get("err") is not None for e in entries):
+                    entry["err"] = max(e["err"] for e in entries if e.get("err") is not None)
+                tm[name] = entry
+            for a, b in _RATIO_PAIRS:
+                values = [r for r in (_ratio_of_medians(t, a, b) for t in tms) if r is not None]
+                if values and a in tm:
+                    tm[a].setdefault("ratio_runs", {})[b] = values
+            res["ops"][op] = tm
+        combined.append(res)
+    return combined
 
 
 # --- targets ------------------------------------------------------------------------
@@ -957,10 +1030,16 @@ def _report(results, meta, args):
                  f"{meta['load_end']} at end"
                  + (" (**busy machine: expect noisy times**)" if meta["busy"] else "")
                  + f"; wall time {meta['wall']:.0f} s")
+    runs = meta.get("runs", 1)
+    spread = ("times are medians per call, (x%) = interquartile range ÷ median; ratios are "
+              "of medians in the same process" if runs == 1 else
+              f"{runs} full runs, one after another: times are the median of the runs' "
+              "medians per call, (x%) = (highest − lowest run median) ÷ median; each ratio "
+              "is the median of the runs' same-process ratios, with their range in "
+              "parentheses")
     lines.append("- **Method:** each (shape, dtype, threads) case in a fresh process; "
-                 "candidates interleaved round-robin; times are medians per call, "
-                 "(x%) = interquartile range ÷ median; ratios are of medians in the same "
-                 "process (lower is better). SoL = streaming loops with the op's two-pass "
+                 f"candidates interleaved round-robin; {spread} (lower is better). "
+                 "SoL = streaming loops with the op's two-pass "
                  "traffic (fwd_train 2R+1W, bwd 4R+1W, fwd_eval 1R+1W) into a fresh NumPy "
                  "array. NumPy is single-threaded. **FAIL** = disagrees with the float64 "
                  "reference. Compare ratios, not absolute times across runs.")
@@ -988,7 +1067,7 @@ def _report(results, meta, args):
                 continue
             for op, tm in res["ops"].items():
                 cells = [_cell(tm, n) for n in ("cybn", "torch", "numpy", "sol")]
-                ratios = [_fmt_ratio(_ratio(tm, "cybn", n)) for n in ("torch", "numpy", "sol")]
+                ratios = [_ratio_cell(tm, "cybn", n) for n in ("torch", "numpy", "sol")]
                 lines.append(f"| {shape} | {spec['dtype']} | {mb} | {op} | "
                              + " | ".join(cells + ratios) + " |")
         lines.append("")
@@ -1008,8 +1087,7 @@ def _report(results, meta, args):
         spec = res["spec"]
         for op, tm in res["ops"].items():
             cells = [_cell(tm, n) for n in ("cybn", "module", "module_out")]
-            ratios = [_fmt_ratio(_ratio(tm, "module", "cybn")),
-                      _fmt_ratio(_ratio(tm, "module_out", "module"))]
+            ratios = [_ratio_cell(tm, "module", "cybn"), _ratio_cell(tm, "module_out", "module")]
             lines.append(f"| {_fmt_shape(spec['shape'])} | {spec['dtype']} | "
                          f"{spec['threads']} | {op} | " + " | ".join(cells + ratios) + " |")
     lines.append("")
@@ -1082,7 +1160,11 @@ def _report(results, meta, args):
 
 def main(argv=None):
     args = _build_parser().parse_args(argv)
-    if not args.no_sol:
+    # A child times SoL only when its case asks for it (the parent's --no-sol reaches the
+    # child in the case's spec, not on its command line).
+    wants_sol = (json.loads(args.child).get("sol", True) if args.child is not None
+                 else not (args.no_sol or args.from_json))
+    if wants_sol:
         # builds benchmarks/.build/_sol on first use (a child finds it up to date)
         import build_sol
         try:
@@ -1102,10 +1184,28 @@ def main(argv=None):
         except ImportError:  # before minutes of timing, not after
             print("compare: --chart needs matplotlib (pip install matplotlib)", file=sys.stderr)
             return 2
+    default_cases = not (args.quick or args.shapes or args.dtypes or args.threads
+                         or args.ops != list(OPS) or args.repeat or args.no_torch
+                         or args.no_numpy or args.no_sol)
+    if args.update_docs:
+        args.chart = args.chart or os.path.join(STATIC, "benchmark.png")
+        if not args.from_json:
+            args.json = args.json or os.path.join(STATIC, "benchmark.json")
+            problem = _docs_ready(args, args.runs, default_cases)
+            if problem:
+                print(f"compare: {problem}", file=sys.stderr)
+                return 2
     if args.from_json:
         with open(args.from_json, encoding="utf-8") as f:
             saved = json.load(f)
-        return _write_outputs(saved["results"], saved["meta"], args)
+        if args.update_docs:
+            problem = _docs_ready(args, len(saved.get("runs") or [saved["results"]]),
+                                  saved["meta"].get("default_cases", False))
+            if problem:
+                print(f"compare: {args.from_json}: {problem}", file=sys.stderr)
+                return 2
+        # files of one run, from before --runs, hold "results"
+        return _write_outputs(saved.get("runs") or [saved["results"]], saved["meta"], args)
 
     t0 = time.perf_counter()
     import cybn  # fails early (with the real error) if cybn is not built
@@ -1121,6 +1221,9 @@ def main(argv=None):
             threads.append(t)
     if args.repeat is not None and args.repeat < 1:
         print("--repeat must be >= 1", file=sys.stderr)
+        return 2
+    if args.runs < 1:
+        print("--runs must be >= 1", file=sys.stderr)
         return 2
     use_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
     torch_note = ("not timed (--no-torch)" if args.no_torch
@@ -1144,13 +1247,18 @@ def main(argv=None):
     print(f"compare: {len(cases)} cases ({len(shapes)} shapes x {len(dtypes)} dtypes x "
           f"threads {threads}), ops {', '.join(args.ops)}"
           + ("" if use_torch else f"; torch {torch_note}"), file=sys.stderr, flush=True)
-    results = []
-    for i, spec in enumerate(cases, 1):
-        t_case = time.perf_counter()
-        res = _run_case(spec, args.timeout)
-        results.append(res)
-        print(_progress(i, len(cases), res, time.perf_counter() - t_case),
-              file=sys.stderr, flush=True)
+    runs = []
+    for run in range(1, args.runs + 1):
+        if args.runs > 1:
+            print(f"compare: run {run} of {args.runs}", file=sys.stderr, flush=True)
+        results = []
+        for i, spec in enumerate(cases, 1):
+            t_case = time.perf_counter()
+            res = _run_case(spec, args.timeout)
+            results.append(res)
+            print(_progress(i, len(cases), res, time.perf_counter() - t_case),
+                  file=sys.stderr, flush=True)
+        runs.append(results)
 
     env_names = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_PROC_BIND", "GOMP_SPINCOUNT",
                  "THP_MEM_ALLOC_ENABLE", "CYBN_KERNELS")
@@ -1165,14 +1273,16 @@ def main(argv=None):
         "t_all": t_all, "torch_note": torch_note, "thp": _thp(),
         "env_vars": env_vars or "no OMP_*/GOMP_*/THP_* variables set",
         "load_start": load_start, "load_end": _loadavg(), "busy": busy,
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d"), "runs": len(runs), "default_cases": default_cases,
         "wall": time.perf_counter() - t0,
     }
-    return _write_outputs(results, meta, args)
+    return _write_outputs(runs, meta, args)
 
 
-def _write_outputs(results, meta, args):
-    """The report on stdout, and the --out, --json and --chart files."""
+def _write_outputs(runs, meta, args):
+    """The report on stdout, and the --out, --json, --chart and --update-docs outputs."""
+    results = runs[0] if len(runs) == 1 else _combine(runs)
+    meta = {**meta, "runs": len(runs)}
     report = _report(results, meta, args)
     sys.stdout.write(report + "\n")
     if args.out:
@@ -1180,10 +1290,15 @@ def _write_outputs(results, meta, args):
             f.write(report + "\n")
     if args.json and not args.from_json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
+            json.dump({"meta": meta, "runs": runs}, f, indent=1)
+    if args.update_docs:
+        _update_docs(report, results, meta)
     if args.chart:
         import chart
         rows, threads = _chart_rows(results, meta)
+        if not rows:
+            print("compare: no case ran: no chart to draw", file=sys.stderr)
+            return 1
         chart.draw(rows, f"python benchmarks/compare.py, {meta.get('date', 'undated')}, "
                          f"{threads} thread(s)\n{meta['cpu']}; cybn {meta['cybn']} "
                          f"({meta.get('cybn_kernels')} kernels); torch "
@@ -1191,6 +1306,84 @@ def _write_outputs(results, meta, args):
                    args.chart)
         print(f"compare: chart written to {args.chart}", file=sys.stderr)
     return 1 if any("error" in r for r in results) else 0
+
+
+# --- documentation written from runs (--update-docs) -----------------------------------
+
+README = os.path.join(os.path.dirname(HERE), "README.md")
+STATIC = os.path.join(os.path.dirname(HERE), "docs", "_static")
+_MARK = "<!-- benchmarks/compare.py --update-docs: {} {} -->"
+# The README summary's size classes (bytes of one input array).
+_CLASSES = (("< 64 KiB", 0, 64 << 10), ("64 KiB - 16 MiB", 64 << 10, 32 << 20),
+            ("32-128 MiB", 32 << 20, float("inf")))
+_OP_NAMES = {"fwd_eval": "evaluation", "fwd_train": "training forward", "bwd": "backward"}
+MIN_DOC_RUNS = 3
+
+
+def _span(values):
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "—"
+    lo, hi = _fmt_ratio(min(values)), _fmt_ratio(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def _summary(results, meta):
+    """The README's table: per size class and op, the range over cases of each ratio."""
+    t_all = meta["t_all"]
+    done = [r for r in results if "error" not in r and r["spec"]["threads"] == t_all]
+    lines = ["| arrays | op | cybn ÷ torch | cybn ÷ speed of light | cybn ÷ NumPy |",
+             "|---|---|---|---|---|"]
+    for label, lo, hi in _CLASSES:
+        cases = [r for r in done if lo <= _nbytes(r) < hi]
+        for op, name in _OP_NAMES.items():
+            tms = [r["ops"][op] for r in cases if op in r["ops"]]
+            if tms:
+                lines.append(f"| {label} | {name} | "
+                             + " | ".join(_span(_ratio(tm, "cybn", n) for tm in tms)
+                                          for n in ("torch", "sol", "numpy")) + " |")
+    lines.append("")
+    lines.append(f"Median of {meta['runs']} full runs of `python benchmarks/compare.py "
+                 f"--runs {meta['runs']} --update-docs` on {meta.get('date', '?')}: "
+                 f"{meta['cpu']}, {t_all} threads, cybn's {meta.get('cybn_kernels')} kernels, "
+                 f"torch {meta['torch'] or meta['torch_note']}; ranges over the cases of each "
+                 "class. Each case's spread across the runs is in docs/benchmarks.md.")
+    return "\n".join(lines)
+
+
+def _replace_marked(path, name, body):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    begin, end = _MARK.format(name, "begin"), _MARK.format(name, "end")
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise SystemExit(f"compare: {path} must hold the markers {begin} and {end} once")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{head}{begin}\n{body.strip()}\n{end}{tail}")
+
+
+def _update_docs(report, results, meta):
+    """Write the report into docs/benchmarks.md (headings one level down, under "Results")
+    and the summary into the README, between their markers."""
+    lines = report.splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    demoted = [("#" + line) if line.startswith("#") else line for line in lines]
+    _replace_marked(DOCS, "report", "\n".join(demoted))
+    _replace_marked(README, "summary", _summary(results, meta))
+    print(f"compare: wrote {DOCS} and {README}", file=sys.stderr)
+
+
+def _docs_ready(args, runs_available, default_cases):
+    """Why --update-docs cannot be honoured, or None."""
+    if runs_available < MIN_DOC_RUNS:
+        return (f"--update-docs needs at least {MIN_DOC_RUNS} full runs (--runs "
+                f"{MIN_DOC_RUNS}), got {runs_available}")
+    if not default_cases:
+        return ("--update-docs needs the full default cases: no --quick, --shapes, --dtypes, "
+                "--threads, --ops, --repeat, --no-torch, --no-numpy or --no-sol")
+    return None
 
 
 def _chart_rows(results, meta):

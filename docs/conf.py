@@ -138,7 +138,7 @@ def _rewrite_readme_links(app, relative_path, parent_docname, content):
 
 
 def _public_names():
-    names = {f"cybn.{n}" for n in cybn.__all__ if n not in ("__version__", "compat", "functional")}
+    names = {f"cybn.{n}" for n in cybn.__all__ if n not in ("compat", "functional")}
     names |= {f"cybn.functional.{n}" for n in cybn.functional.__all__}
     names |= {f"cybn.compat.{n}" for n in dir(cybn.compat) if not n.startswith("_")}
     return names

@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
 """Coverage-guided fuzzing of cybn's file readers with atheris (docs/security.md).
 
-    pip install ".[fuzz]"
-    python tools/fuzz/corpus.py tools/fuzz/seeds            # seed files (torch optional)
-    python tools/fuzz/fuzz.py torch -max_total_time=120 tools/fuzz/seeds/torch
-    python tools/fuzz/fuzz.py npz -max_total_time=120 tools/fuzz/seeds/npz
+    pip install ".[fuzz]"                                   # from the checkout's root
+    python tools/fuzz/corpus.py fuzz-seeds                  # seed files (torch optional)
+    python tools/fuzz/fuzz.py torch -max_total_time=120 fuzz-work/torch fuzz-seeds/torch
+    python tools/fuzz/fuzz.py npz -max_total_time=120 fuzz-work/npz fuzz-seeds/npz
 
 The first argument is the target: ``torch`` (``cybn.load_torch_state_dict``) or ``npz``
 (``cybn.load``); the rest are libFuzzer's (``-max_total_time``, ``-timeout``,
-``-rss_limit_mb``, ``-max_len``, corpus directories: the first is where new inputs go, so
-pass a scratch copy to keep the seeds as they are). The defaults added here: a 10-second
-limit per input, 4 GiB RSS, inputs up to 256 KiB.
+``-rss_limit_mb``, ``-max_len``, corpus directories: the first is where new inputs go, and
+is made if missing; the seeds stay as they are). The defaults added here: a 10-second limit
+per input, 4 GiB RSS, inputs up to 256 KiB.
 
 Every input goes through tests/_fuzz_oracle.py's ``check``: a result, or the reader's
 documented ``ValueError`` subclass naming the file; anything else (another exception, a
@@ -209,6 +209,11 @@ def main(argv):
         _fuzz_oracle.check(target, data)
 
     args = [argv[0], *argv[2:]]
+    # libFuzzer wants its corpus directories to exist: make the missing ones (a file given
+    # instead is an input to reproduce, and is left alone).
+    for arg in args[1:]:
+        if not arg.startswith("-") and not os.path.exists(arg):
+            os.makedirs(arg)
     for flag, value in (("-timeout", "10"), ("-rss_limit_mb", "4096"), ("-max_len", "262144")):
         if not any(a.startswith(flag + "=") for a in args):
             args.insert(1, f"{flag}={value}")
