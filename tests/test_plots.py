@@ -73,7 +73,7 @@ def test_benchmark_chart_from_a_run_and_from_its_json(tmp_path):
                     "--chart", str(chart), cwd=tmp_path)
     assert "# cybn benchmark" in proc.stdout
     saved = json.loads(run_json.read_text())
-    assert len(saved["results"]) == 2 and saved["meta"]["date"]
+    assert len(saved["runs"]) == 1 and len(saved["runs"][0]) == 2 and saved["meta"]["date"]
     _read_png(chart)
     # Redrawn from the saved run without timing anything: the same report and picture.
     proc2 = _compare("--from-json", str(run_json), "--chart", str(again), cwd=tmp_path)
