@@ -1160,6 +1160,18 @@ def _report(results, meta, args):
 
 def main(argv=None):
     args = _build_parser().parse_args(argv)
+    # What the arguments allow is settled before anything is built or timed.
+    default_cases = not (args.quick or args.shapes or args.dtypes or args.threads
+                         or args.ops != list(OPS) or args.repeat or args.no_torch
+                         or args.no_numpy or args.no_sol)
+    if args.update_docs:
+        args.chart = args.chart or os.path.join(STATIC, "benchmark.png")
+        if not args.from_json:
+            args.json = args.json or os.path.join(STATIC, "benchmark.json")
+            problem = _docs_ready(args, args.runs, default_cases)
+            if problem:
+                print(f"compare: {problem}", file=sys.stderr)
+                return 2
     # A child times SoL only when its case asks for it (the parent's --no-sol reaches the
     # child in the case's spec, not on its command line).
     wants_sol = (json.loads(args.child).get("sol", True) if args.child is not None
@@ -1184,17 +1196,6 @@ def main(argv=None):
         except ImportError:  # before minutes of timing, not after
             print("compare: --chart needs matplotlib (pip install matplotlib)", file=sys.stderr)
             return 2
-    default_cases = not (args.quick or args.shapes or args.dtypes or args.threads
-                         or args.ops != list(OPS) or args.repeat or args.no_torch
-                         or args.no_numpy or args.no_sol)
-    if args.update_docs:
-        args.chart = args.chart or os.path.join(STATIC, "benchmark.png")
-        if not args.from_json:
-            args.json = args.json or os.path.join(STATIC, "benchmark.json")
-            problem = _docs_ready(args, args.runs, default_cases)
-            if problem:
-                print(f"compare: {problem}", file=sys.stderr)
-                return 2
     if args.from_json:
         with open(args.from_json, encoding="utf-8") as f:
             saved = json.load(f)

@@ -465,7 +465,7 @@ def test_review_overlapping_npz_members_are_refused():
     assert "overlap" in str(result)
 
 
-def test_review_deeply_nested_key_is_refused_not_a_crash():
+def test_review_deeply_nested_key_is_refused_not_a_crash(tmp_path):
     # 150,000 nested 1-tuples as a dict key: hashing it overflowed the C stack (SIGSEGV).
     # Run in a child: if it still crashed, only the child would die.
     code = (
@@ -476,8 +476,10 @@ def test_review_deeply_nested_key_is_refused_not_a_crash():
         "with zipfile.ZipFile(buf, 'w') as zf: zf.writestr('a/data.pkl', pkl)\n"
         "try: cybn.load_torch_state_dict(io.BytesIO(buf.getvalue()))\n"
         "except cybn.TorchCheckpointError as exc: print('refused:', exc)\n")
+    # cwd: away from a checkout, whose cybn/ (no compiled modules) would shadow the install
     proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)],
-                          capture_output=True, text=True, timeout=120, check=False)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          check=False)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert "refused:" in proc.stdout and "deep" in proc.stdout
 
