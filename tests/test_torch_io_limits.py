@@ -555,3 +555,19 @@ def test_review_pickle_warnings_are_errors_of_the_file():
         warnings.simplefilter("error")
         result = check("torch", _zip_bytes(pkl))
     assert isinstance(result, (dict, cybn.TorchCheckpointError)), result
+
+
+def test_fuzz_finding_python2_header_of_a_lone_npy():
+    # Found by the npz long run on 2026-12-07 (278,481 inputs in): not a zip but one .npy
+    # whose header only NumPy's Python 2 rewrite reads: np.load itself warned.
+    npy = io.BytesIO()
+    np.lib.format.write_array(npy, np.zeros(4, np.float32))
+    raw = npy.getvalue()
+    newline = raw.index(b"\n")
+    raw = (raw[:newline - 1] + raw[newline:]).replace(b"'shape': (4,)", b"'shape': (4L,)")
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = check("npz", raw)
+    assert isinstance(result, cybn.StateFileError), result
+    assert not caught, [str(w.message) for w in caught]
