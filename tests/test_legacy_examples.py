@@ -22,6 +22,9 @@ SCRIPT = os.path.join(ROOT, "examples", "legacy_digits.py")
 def test_legacy_example_switches_in_one_step(convention, tmp_path):
     if not os.path.exists(SCRIPT):
         pytest.skip("examples/ is not next to the tests (installed test copy)")
+    # cibuildwheel copies examples/ (for tests/test_docs.py) but installs no scikit-learn
+    pytest.importorskip("sklearn", reason="the examples train on scikit-learn's digits "
+                                          '(pip install ".[test]" installs it)')
     # run from another directory with -P: the checkout's cybn/ (no compiled modules)
     # must not shadow the installed package
     r = subprocess.run([sys.executable, "-P", SCRIPT, convention, "--epochs", "2"],
