@@ -38,7 +38,8 @@ _META = {
     "momentum": "f", "affine": "b", "has_bias": "b", "track_running_stats": "b",
     "dtype": "U", "axis": "iu", "check_finite": "b", "training": "b",
 }
-# The module dtypes save() writes ("dtype" entry).
+# The dtypes of the state entries save() writes: the module's float dtype (its "dtype"
+# entry), int64 for num_batches_tracked.
 _DTYPES = ("float16", "float32", "float64", "int64")
 # The end-of-central-directory record: 22 bytes and a comment of at most 65,535.
 _EOCD_SPAN = 22 + 65_535
@@ -110,12 +111,20 @@ def load(path):
         If the file cannot be opened.
     """
     name = _name(path)
-    _check_entry_count(path, name)
+    # Any warning while reading is an error of the file: NumPy warns on a header only its
+    # Python 2 rewrite reads (found by the fuzzer: in np.load itself for a lone .npy, and
+    # per entry), a cast of complex or out-of-range state warns (the adversarial review).
+    # No cybn.save() file makes anything warn. catch_warnings is process-wide while it lasts.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return _load(path, name)
+
+
+def _load(path, name):
+    size, tail = _size_and_tail(path)
+    _check_entry_count(tail, name)
     try:
-        with warnings.catch_warnings():
-            # a lone .npy with a Python 2 header makes np.load itself warn (the fuzzer's)
-            warnings.simplefilter("error")
-            npz = np.load(path, allow_pickle=False)
+        npz = np.load(path, allow_pickle=False)
     except OSError as exc:
         if isinstance(path, (str, bytes, os.PathLike)) and not os.path.exists(path):
             raise                                   # the file cannot be opened: as documented
@@ -129,28 +138,32 @@ def load(path):
         raise StateFileError(f"{name}: not a file written by cybn.save() (a single .npy "
                              "array, not an .npz archive)")
     with npz:
-        entries = _read_entries(npz, name, _file_size(path))
+        entries = _read_entries(npz, name, size)
     return _build(entries, name)
 
 
-def _check_entry_count(path, name):
-    """Refuse an archive that declares more entries than save() writes, before zipfile
-    builds a ZipInfo (about 500 bytes) for each of them: 20,000 empty members, a 1.9 MB
-    file, took 13.7 MB that way (7 S, above the bound). Reads the end-of-central-directory
-    record; a file without one is left to np.load (a .npy, or not a zip)."""
+def _size_and_tail(path):
+    """The file's size and its last bytes (where a zip's end-of-central-directory record
+    is); a file object is left at the position it had."""
     if hasattr(path, "read"):
         here = path.tell()
         try:
             size = path.seek(0, os.SEEK_END)
             path.seek(max(0, size - _EOCD_SPAN))
-            tail = path.read(_EOCD_SPAN)
+            return size, path.read(_EOCD_SPAN)
         finally:
             path.seek(here)
-    else:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - _EOCD_SPAN))
-            tail = f.read(_EOCD_SPAN)
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - _EOCD_SPAN))
+        return size, f.read(_EOCD_SPAN)
+
+
+def _check_entry_count(tail, name):
+    """Refuse an archive that declares more entries than save() writes, before zipfile
+    builds a ZipInfo (about 500 bytes) for each of them: 20,000 empty members, a 1.9 MB
+    file, took 13.7 MB that way (7 S, above the bound). Reads the end-of-central-directory
+    record; a file without one is left to np.load (a .npy, or not a zip)."""
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) < at + 12:
         return
@@ -165,15 +178,6 @@ def _name(path):
         named = getattr(path, "name", None)
         return repr(named) if isinstance(named, str) else "<file object>"
     return repr(os.fspath(path)) if isinstance(path, (str, bytes, os.PathLike)) else repr(path)
-
-
-def _file_size(path):
-    if hasattr(path, "seek"):
-        here = path.tell()
-        size = path.seek(0, os.SEEK_END)
-        path.seek(here)
-        return size
-    return os.path.getsize(path)
 
 
 def _read_entries(npz, name, size):
@@ -200,29 +204,25 @@ def _read_entries(npz, name, size):
         raise StateFileError(f"{name}: unexpected entries {unknown}; cybn.save() writes "
                              f"only {sorted(_META)} and the state_dict keys")
     entries = {}
-    # NumPy warns (UserWarning) when it must rewrite a header that only Python 2 wrote; no
-    # cybn.save() file has one, so the warning becomes an error and the file is refused
-    # (the fuzzer found it). catch_warnings changes process-wide filters for the moment.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for key in files:
-            info = npz.zip.getinfo(key + ".npy")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise StateFileError(
-                    f"{name}: entry {key!r} is compressed; cybn.save() writes uncompressed "
-                    ".npz files, and a compressed entry could expand without bound")
-            _check_declared_size(npz.zip, info, key, name, size)
-            try:
-                entries[key] = npz[key]
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
-                    Warning) as exc:
-                raise StateFileError(f"{name}: entry {key!r} is corrupt ({exc})") from None
+    for key in files:
+        info = npz.zip.getinfo(key + ".npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise StateFileError(
+                f"{name}: entry {key!r} is compressed; cybn.save() writes uncompressed "
+                ".npz files, and a compressed entry could expand without bound")
+        _check_declared_size(npz.zip, info, key, name)
+        try:
+            entries[key] = npz[key]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+                Warning) as exc:   # a warning is an error here (see load)
+            raise StateFileError(f"{name}: entry {key!r} is corrupt ({exc})") from None
     return entries
 
 
-def _check_declared_size(zf, info, key, name, size):
+def _check_declared_size(zf, info, key, name):
     """The header's shape x itemsize must be the bytes that follow it (before NumPy
-    allocates an array of the declared shape)."""
+    allocates an array of the declared shape; the member itself fits in the file, as
+    _read_entries checked)."""
     try:
         with zf.open(info) as f:
             version = np.lib.format.read_magic(f)
@@ -245,7 +245,7 @@ def _check_declared_size(zf, info, key, name, size):
         raise StateFileError(f"{name}: entry {key!r} has dtype {dtype}; cybn.save() writes "
                              "bool, integer, float and string entries only")
     declared = math.prod(shape) * dtype.itemsize
-    if info.file_size > size or declared != info.file_size - header:
+    if declared != info.file_size - header:
         raise StateFileError(
             f"{name}: entry {key!r} declares shape {shape} of {dtype} ({declared} bytes) "
             f"but holds {info.file_size - header} bytes: truncated or corrupt")
@@ -296,16 +296,14 @@ def _build(entries, name):
         if wanted and dtype in _DTYPES and entries[key].dtype != np.dtype(dtype):
             raise StateFileError(f"{name}: entry {key!r} has dtype {entries[key].dtype}, "
                                  f"expected {dtype}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")    # a cast that warns is a file save() did not write
-            module = _CLASSES[cls](
-                num_features, eps=float(meta["eps"]),
-                momentum=None if np.isnan(momentum) else momentum,
-                affine=affine, track_running_stats=track,
-                bias=bool(meta["has_bias"]), dtype=str(meta["dtype"]), axis=int(meta["axis"]),
-                check_finite=bool(meta["check_finite"]))
-            module.load_state_dict({k: entries[k] for k in _STATE_KEYS if k in entries})
+    try:     # a warning is an error here (see load): a cast that warns is not save()'s file
+        module = _CLASSES[cls](
+            num_features, eps=float(meta["eps"]),
+            momentum=None if np.isnan(momentum) else momentum,
+            affine=affine, track_running_stats=track,
+            bias=bool(meta["has_bias"]), dtype=str(meta["dtype"]), axis=int(meta["axis"]),
+            check_finite=bool(meta["check_finite"]))
+        module.load_state_dict({k: entries[k] for k in _STATE_KEYS if k in entries})
     except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError, Warning) as exc:
         raise StateFileError(f"{name}: the saved module cannot be rebuilt "
                              f"({type(exc).__name__}: {exc})") from None
