@@ -74,8 +74,6 @@ def _install():
         _warm_up()
         sys.addaudithook(_hook)        # cannot be removed: harmless while _watch is off
         _hook_installed = True
-    if not tracemalloc.is_tracing():
-        tracemalloc.start()
 
 
 class NamedBytesIO(io.BytesIO):
@@ -117,6 +115,11 @@ def check(target, data):
     _install()
     reader, documented = _readers()[target]
     file = NamedBytesIO(data)
+    # Trace for this call only, unless the caller traces already (the fuzz harness keeps it
+    # on): a test process must not go on tracing every allocation after it.
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
     tracemalloc.reset_peak()
     before = tracemalloc.get_traced_memory()[0]
     _watch["events"] = []
@@ -131,6 +134,8 @@ def check(target, data):
     finally:
         _watch["on"] = False
         peak = tracemalloc.get_traced_memory()[1] - before
+        if started:
+            tracemalloc.stop()
     assert not _watch["events"], f"{target}: forbidden audit events {_watch['events'][:5]}"
     bound = BOUNDS[target](len(data))
     assert peak <= bound, (f"{target}: {peak} bytes allocated for a {len(data)}-byte file, "

@@ -30,7 +30,9 @@ import io
 import os
 import pickletools
 import random
+import struct
 import sys
+import tracemalloc
 import warnings
 import zipfile
 
@@ -70,7 +72,6 @@ def _ops(data):
 
 def _encode_int(opcode, value):
     """Re-encode an integer argument for its opcode, or None if it does not fit."""
-    import struct
     try:
         if opcode.name in ("BININT", "LONG_BINPUT", "LONG_BINGET"):
             fmt = "<i" if opcode.name == "BININT" else "<I"
@@ -207,6 +208,8 @@ def main(argv):
 
     def one_input(data):
         _fuzz_oracle.check(target, data)
+
+    tracemalloc.start()    # once for the whole run; check() measures each input's peak
 
     args = [argv[0], *argv[2:]]
     # libFuzzer wants its corpus directories to exist: make the missing ones (a file given
