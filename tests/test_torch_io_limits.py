@@ -410,7 +410,7 @@ def _nested_zip(names, core, wrap):
         central += struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, 20, 0, 0, 0, 0,
                                zlib.crc32(data), len(data), len(data), len(name), 0, 0, 0, 0,
                                0, offset) + name
-        offset += 30 + len(name) + len(wrap(name, b"")) - 0
+        offset += 30 + len(name) + len(wrap(name, b""))
     end = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, len(members), len(members),
                       len(central), len(rest), 0)
     return rest + central + end
@@ -428,10 +428,8 @@ def test_review_overlapping_storage_records_are_refused():
         size += 30 + len(name)
     for i, numel in enumerate(sizes):
         pkl += b"(h\x00h\x01" + _str(str(i)) + _str("cpu") + _int(numel) + b"tQ0"
-    data = _nested_zip([b"a/data.pkl"], pkl + b".", lambda name, rest: rest)
-    # data.pkl alone is not nested: build the storages' zip and put data.pkl first
+    # data.pkl is not nested: build the storages' zip and put data.pkl first
     storages = _nested_zip(names, b"\0" * payload, lambda name, rest: rest)
-    del data
     zipped = io.BytesIO()
     with zipfile.ZipFile(zipped, "w") as zf:
         zf.writestr("a/data.pkl", pkl + b".")
