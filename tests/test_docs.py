@@ -63,11 +63,6 @@ class _Run:
             cls._cache[path] = cls(path, tmp_path_factory.mktemp(path.stem))
         return cls._cache[path]
 
-    def visible(self):
-        """Indices of the fenced blocks (what a reader sees), in document order."""
-        text = self.document.text
-        return [i for i, ex in enumerate(self.examples) if text.startswith("```", ex.start)]
-
     def run_through(self, index):
         """Evaluate every example up to `index`; a skip before `index` only skips that one."""
         old = os.getcwd()
