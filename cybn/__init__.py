@@ -30,6 +30,8 @@ from ._threads import get_num_threads, set_num_threads
 from ._torch_io import TorchCheckpointError, UnsafeCheckpointError, load_torch_state_dict
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .fold import fold_conv, fold_linear
+from .lazy import LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d
+from .population import population_stats
 from .serialization import StateFileError, load, save
 from .sync import SyncBatchNorm  # imports mpi4py only when one is constructed
 
@@ -39,6 +41,9 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
     "StateFileError",
     "SyncBatchNorm",
     "TorchCheckpointError",
@@ -52,6 +57,7 @@ __all__ = [
     "load",
     "load_torch_state_dict",
     "openmp_enabled",
+    "population_stats",
     "save",
     "set_num_threads",
     "show_config",

@@ -27,12 +27,19 @@ _IncompatibleKeys = collections.namedtuple("IncompatibleKeys",
 class _Cache:
     """What backward needs from the last successful forward (C-sized apart from x)."""
 
-    __slots__ = ("count", "reduced", "saved", "stats", "training")
+    __slots__ = ("count", "ghost", "reduced", "renorm", "saved", "stats", "training")
 
-    def __init__(self, saved, stats, count, reduced):
+    def __init__(self, saved, stats, count, reduced, ghost=None):
         self.saved = saved          # the input, by reference (F._SavedInput)
-        self.training = stats.shape[0] == 3  # batch statistics: the training formula
-        self.stats = (stats[0], stats[1])    # float64 (C,): batch or running mean, invstd
+        self.ghost = ghost          # virtual batches (F._Ghost): saved and stats per group
+        if ghost is not None:
+            self.training = True
+            self.stats = self.renorm = None
+        else:
+            self.training = stats.shape[0] >= 3  # batch statistics: the training formula
+            self.stats = (stats[0], stats[1])    # float64 (C,): batch or running mean, invstd
+            # batch renormalization's r and d, constants of the backward
+            self.renorm = (stats[3], stats[4]) if stats.shape[0] == 5 else None
         self.count = count          # values per channel behind the statistics
         self.reduced = reduced      # statistics reduced across processes (SyncBatchNorm)
 
@@ -70,6 +77,28 @@ def _cast_state(value, dtype, key):
         raise ValueError(f"{key} is out of range for {dtype}: {value}") from None
 
 
+def _check_renorm_options(renorm, rmax, dmax, track_running_stats, attribute=False):
+    """Validate batch renormalization's options; return (rmax, dmax) when on, else None.
+
+    ``attribute``: the values are a module's attributes (checked at each training forward,
+    since the caller may change them between steps), named ``self.<name>``.
+    """
+    prefix = "self." if attribute else ""
+    if renorm is False:
+        return None
+    if renorm is not True:
+        raise TypeError(f"{prefix}renorm must be a bool, got {type(renorm).__name__}")
+    if not track_running_stats:
+        raise ValueError("renorm=True needs the running statistics (r and d compare the "
+                         "batch with them): track_running_stats must be True")
+    try:
+        return F._check_renorm(rmax, dmax)
+    except (TypeError, ValueError) as exc:
+        if not attribute:
+            raise
+        raise type(exc)(f"self.{exc}") from None
+
+
 class _BatchNorm:
     """State and logic shared by the batch-norm modules (PyTorch's ``_NormBase``)."""
 
@@ -78,7 +107,8 @@ class _BatchNorm:
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, bias=True, dtype=np.float32, axis=1,
-                 check_finite=False, n_threads=None):
+                 check_finite=False, n_threads=None, renorm=False, rmax=1.0, dmax=0.0,
+                 virtual_batch_size=None):
         if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
             raise TypeError(
                 f"num_features must be an int, got {type(num_features).__name__}")
@@ -99,6 +129,12 @@ class _BatchNorm:
             _check_count(n_threads)
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
             raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+        _check_renorm_options(renorm, rmax, dmax, track_running_stats)
+        virtual_batch_size = F._check_virtual_batch_size(virtual_batch_size)
+        if renorm and virtual_batch_size is not None:
+            raise ValueError("renorm=True and virtual_batch_size cannot be combined: batch "
+                             "renormalization corrects one batch's statistics towards the "
+                             "running ones, not each virtual batch's")
         self.num_features = int(num_features)
         self.eps = eps
         self.momentum = momentum
@@ -108,7 +144,12 @@ class _BatchNorm:
         self.axis = int(axis)
         self.check_finite = bool(check_finite)
         self.n_threads = n_threads
+        self.renorm = renorm
+        self.rmax = rmax
+        self.dmax = dmax
+        self.virtual_batch_size = virtual_batch_size
         self.training = True
+        self._population = None  # the cybn.population_stats block collecting this module
         C = self.num_features
         self.weight = np.ones(C, dtype=dt) if self.affine else None
         self.bias = np.zeros(C, dtype=dt) if self.affine and bias else None
@@ -185,6 +226,10 @@ class _BatchNorm:
         """
         return [p for p in (self.weight, self.bias) if p is not None]
 
+    def _state_keys(self):
+        # the keys of a complete state dict (a lazy module lists them before it has arrays)
+        return [k for k, _ in self._state_items()]
+
     def _state_items(self):
         return [(k, getattr(self, k)) for k in
                 ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -247,7 +292,7 @@ class _BatchNorm:
                 staged.append((target, _cast_state(value, target.dtype, key)))
             except (TypeError, ValueError, OverflowError) as exc:
                 errors.append(f"While copying the parameter named \"{key}\": {exc}")
-        missing = [k for k in own if k not in state_dict]
+        missing = [k for k in self._state_keys() if k not in state_dict]
         # A checkpoint without version-2 metadata may predate num_batches_tracked.
         if "num_batches_tracked" in missing:
             version = getattr(state_dict, "_metadata", {}).get("", {}).get("version")
@@ -279,14 +324,21 @@ class _BatchNorm:
             torch prints it, then cybn's own ``axis`` and ``check_finite`` when not default.
         """
         s = (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-             f"affine={self.affine}, bias={self.bias is not None}, "
+             f"affine={self.affine}, bias={self._has_bias()}, "
              f"track_running_stats={self.track_running_stats}")
         # cybn's own options appear only when set, so the default repr is torch's
         if self.axis != 1:
             s += f", axis={self.axis}"
         if self.check_finite:
             s += ", check_finite=True"
+        if self.renorm:
+            s += f", renorm=True, rmax={self.rmax}, dmax={self.dmax}"
+        if self.virtual_batch_size is not None:
+            s += f", virtual_batch_size={self.virtual_batch_size}"
         return s
+
+    def _has_bias(self):
+        return self.bias is not None
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
@@ -330,15 +382,51 @@ class _BatchNorm:
         # backward's cache out. Validation, the choice of statistics, the momentum factor
         # and the running-statistics update are cybn.functional's, as in torch's
         # _BatchNorm.forward -> F.batch_norm. `reduce`: SyncBatchNorm's communication.
+        # Inside a cybn.population_stats block a training forward merges its batch into
+        # the block's exact statistics instead of updating the running ones.
+        population = self._population if self.training else None
+        renorm = None
+        if self.training:
+            renorm = _check_renorm_options(self.renorm, self.rmax, self.dmax,
+                                           self.track_running_stats, attribute=True)
+            if self.virtual_batch_size is not None:
+                return self._forward_ghost(input, out, reduce, population)
         output, stats, saved, count, updated = F._forward(
             input, self.weight, self.bias, self.running_mean, self.running_var,
             self.training, self.momentum, self.eps, self.axis, out=out,
             n_threads=self.n_threads, module=self,
-            check_finite=self.check_finite and self.training, reduce=reduce)
+            check_finite=self.check_finite and self.training, reduce=reduce,
+            renorm=renorm, update_running=population is None)
         if updated:
             nbt = self.num_batches_tracked
             nbt[()] = int(nbt) + 1
+        if population is not None and stats.shape[0] >= 3 and count > 0:
+            population.merge(count, stats[0], stats[2])
+            population.batches += 1
         self._cache = _Cache(saved, stats, count, reduce is not None)
+        return output
+
+    def _forward_ghost(self, input, out, reduce, population):
+        v = F._check_virtual_batch_size(self.virtual_batch_size)
+        if reduce is not None:
+            raise ValueError(
+                "virtual_batch_size is not supported by SyncBatchNorm (its batch is the "
+                "global one); set it to None")
+        if self.renorm:
+            raise ValueError("renorm=True and virtual_batch_size cannot be combined")
+        output, ghost, updated = F._forward_ghost(
+            input, self.weight, self.bias, self.running_mean, self.running_var,
+            self.momentum, self.eps, self.axis, v, self, out=out,
+            n_threads=self.n_threads, check_finite=self.check_finite,
+            update_running=population is None)
+        if updated:
+            nbt = self.num_batches_tracked
+            nbt[()] = int(nbt) + 1
+        if population is not None and ghost.groups:
+            for g in ghost.groups:
+                population.merge(g.count, g.stats[0], g.stats[2])
+            population.batches += 1
+        self._cache = _Cache(None, None, None, False, ghost=ghost)
         return output
 
     def backward(self, grad_output, *, out=None):
@@ -381,12 +469,19 @@ class _BatchNorm:
         if cache is None:
             raise RuntimeError(
                 "backward() called before forward(): there is no batch to differentiate")
-        grad_input, grad_weight, grad_bias = F._backward(
-            grad_output, cache.saved, self.weight, cache.stats, cache.training,
-            self.weight is not None, self.bias is not None, self.dtype, self.n_threads,
-            out=out, weight_name="self.weight",
-            shape_of="the shape of the last forward's input", reduce=reduce,
-            count=cache.count)
+        if cache.ghost is not None:
+            grad_input, grad_weight, grad_bias = F._backward_ghost(
+                grad_output, cache.ghost, self.weight, self.weight is not None,
+                self.bias is not None, self.dtype, self.n_threads, out=out,
+                weight_name="self.weight",
+                shape_of="the shape of the last forward's input")
+        else:
+            grad_input, grad_weight, grad_bias = F._backward(
+                grad_output, cache.saved, self.weight, cache.stats, cache.training,
+                self.weight is not None, self.bias is not None, self.dtype, self.n_threads,
+                out=out, weight_name="self.weight",
+                shape_of="the shape of the last forward's input", reduce=reduce,
+                count=cache.count, renorm=cache.renorm)
         self.grad_weight = grad_weight
         self.grad_bias = grad_bias
         return grad_input

@@ -230,15 +230,8 @@ def _as_param(a, pdt):
     return np.ascontiguousarray(a, dtype=pdt)
 
 
-def _prepare_out(out, shape, dtype, view, xdt, other):
-    """Validate ``out`` (which must not overlap any array in ``other``); return (buf3, res).
-
-    ``buf3`` is the (A, C, B) array of dtype ``xdt`` the kernel writes; ``res`` views it in
-    the input's shape (it is ``out`` itself when ``out`` can be written directly).
-    Hand both to :func:`_deliver` after the kernel ran.
-    """
-    if out is None:
-        return view.empty_like()
+def _check_out(out, shape, dtype, other):
+    """Check an ``out`` array's type, dtype, shape, writeability and overlap with ``other``."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a NumPy array or None, got {type(out).__name__}")
     if out.dtype != dtype:
@@ -248,6 +241,18 @@ def _prepare_out(out, shape, dtype, view, xdt, other):
     _check_writeable(out, "out")
     if any(np.may_share_memory(out, a) for a in other):
         raise ValueError("out must not overlap the input arrays")
+
+
+def _prepare_out(out, shape, dtype, view, xdt, other):
+    """Validate ``out`` (which must not overlap any array in ``other``); return (buf3, res).
+
+    ``buf3`` is the (A, C, B) array of dtype ``xdt`` the kernel writes; ``res`` views it in
+    the input's shape (it is ``out`` itself when ``out`` can be written directly).
+    Hand both to :func:`_deliver` after the kernel ran.
+    """
+    if out is None:
+        return view.empty_like()
+    _check_out(out, shape, dtype, other)
     if dtype != xdt:
         return view.empty_like()
     t = out if view.perm is None else out.transpose(view.perm)
@@ -320,7 +325,8 @@ def _check_num_features(module, input, axis, C):
 
 def _forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
              axis=1, *, out=None, n_threads=None, module=None, unbiased=True,
-             check_finite=False, legacy=False, keep=True, reduce=None):
+             check_finite=False, legacy=False, keep=True, reduce=None, renorm=None,
+             update_running=True):
     """Validate a forward call once, run it; return (output, stats, saved, count, updated).
 
     The checks, in this order (the first failure raises; nothing has changed then):
@@ -352,6 +358,13 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
     ``reduce(count, mean, m2)`` (SyncBatchNorm, training) receives this call's per-channel
     count, mean and M2 = sum((x - mean)^2) and returns the global (count, mean, M2); it
     checks what only it can (one value per channel over all ranks, finiteness).
+
+    ``renorm=(rmax, dmax)`` (validated by the caller, :func:`_check_renorm`) makes a
+    batch-statistics forward a batch renormalization (see :func:`_renorm_factors`); the
+    running statistics must then be given. ``stats`` gets two more rows, r and d, which
+    the backward takes as constants. ``update_running=False`` computes batch statistics
+    as usual but leaves the running statistics alone (population statistics, ghost
+    batches: their caller updates them).
     """
     # -- validation (cheap checks first; each check's common case costs one comparison)
     xdt = _check_input(input)
@@ -378,12 +391,12 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
     has_running = running_mean is not None
     if module is not None:
         batch_stats = training or not has_running
-        update = training and has_running and module.track_running_stats
+        update = training and has_running and module.track_running_stats and update_running
     elif training:
         if has_running != (running_var is not None):
             raise ValueError("running_mean and running_var must either both be None or "
                              "neither be None")
-        batch_stats, update = True, has_running
+        batch_stats, update = True, has_running and update_running
     elif not has_running or running_var is None:
         raise ValueError("running_mean and running_var must be defined in evaluation mode "
                          "(training=False)")
@@ -425,15 +438,23 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
     if not batch_stats:
         stats = np.empty((2, C)) if keep else None
         _FORWARD_INFERENCE[xdt, pdt](view.data, w, b, rm, rv, eps, out3, stats, nt)
-    elif reduce is not None:
+    elif reduce is not None or renorm is not None:
+        # the decomposed kernels: statistics, (the reduction across processes,) then the
+        # output with constants that may depend on the global or renormalised statistics
         stats, count = _reduced_stats(view.data, xdt, count, eps, nt, reduce)
         if count > 0:
             var_scale = count / (count - 1) if unbiased else 1.0
+        if reduce is None and check_finite and count > 0:
+            _check_finite_stats(stats, axis)
+        scale = stats[1] * w if w is not None else stats[1].copy()
+        shift = b.astype(np.float64) if b is not None else np.zeros(C)
+        if renorm is not None:
+            r, d = _renorm_factors(stats, count, rm, rv, eps, *renorm)
+            scale *= r
+            shift += d * w if w is not None else d
+            stats = np.vstack((stats, r, d))
         if view.data.size:
-            scale = stats[1] * w if w is not None else stats[1]
-            shift = b.astype(np.float64) if b is not None else np.zeros(C)
-            _NORMALIZE[xdt](view.data, stats[0], np.ascontiguousarray(scale, np.float64),
-                            shift, out3, nt)
+            _NORMALIZE[xdt](view.data, stats[0], scale, shift, out3, nt)
         if update and count > 0:
             _UPDATE_RUNNING_STATS[pdt](rm_k, rv_k, stats[0], stats[2], var_scale, factor)
     elif count == 0:
@@ -446,12 +467,7 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
         bad = _FORWARD_TRAINING[xdt, pdt](view.data, w, b, rm_k, rv_k, eps, factor,
                                           var_scale, out3, stats, check_finite, nt)
         if bad:
-            channels = np.flatnonzero(~np.isfinite(stats[0]) | ~np.isfinite(stats[2]))
-            err = ValueError(
-                f"input holds NaN or Inf in channel(s) {channels.tolist()} (axis {axis}) "
-                "and check_finite is on: nothing was updated")
-            err.channels = channels.tolist()
-            raise err
+            _check_finite_stats(stats, axis)
     if update and count > 0:
         # the kernel updated copies when the caller's arrays could not be used as is
         if rm is not running_mean:
@@ -464,13 +480,56 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
     return res, stats, saved, count, update and count > 0
 
 
+def _check_finite_stats(stats, axis):
+    """Raise check_finite's ValueError when a channel's batch statistics are not finite."""
+    channels = np.flatnonzero(~np.isfinite(stats[0]) | ~np.isfinite(stats[2]))
+    if channels.size:
+        err = ValueError(
+            f"input holds NaN or Inf in channel(s) {channels.tolist()} (axis {axis}) "
+            "and check_finite is on: nothing was updated")
+        err.channels = channels.tolist()
+        raise err
+
+
+def _check_renorm(rmax, dmax):
+    """Validate batch renormalization's clipping bounds; return them as floats."""
+    for name, value, low in (("rmax", rmax, 1.0), ("dmax", dmax, 0.0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        if not value >= low:  # also rejects NaN; inf (no clipping) is allowed
+            raise ValueError(f"{name} must be >= {low:g} (inf: no clipping), got {value}")
+    return float(rmax), float(dmax)
+
+
+def _renorm_factors(stats, count, running_mean, running_var, eps, rmax, dmax):
+    """Batch renormalization's r and d per channel (Ioffe 2017, Algorithm 1), float64.
+
+    ``r = clip(sigma_B / sigma, 1/rmax, rmax)`` and ``d = clip((mu_B - mu) / sigma, -dmax,
+    dmax)`` with the batch's ``sigma_B = sqrt(var_B + eps)`` (biased variance, as the
+    normalisation uses) and the running statistics *before* this batch updates them:
+    ``mu = running_mean``, ``sigma = sqrt(running_var + eps)`` (as Chainer's
+    BatchRenormalization; the paper keeps a moving sigma instead of a moving variance).
+    An empty batch gives r = 1, d = 0.
+    """
+    if count == 0:
+        return np.ones(stats.shape[1]), np.zeros(stats.shape[1])
+    sigma = np.sqrt(running_var.astype(np.float64) + eps)
+    with np.errstate(invalid="ignore", divide="ignore"):  # NaN/Inf propagate, as in torch
+        r = np.clip(np.sqrt(stats[2] + eps) / sigma, 1.0 / rmax, rmax)
+        d = np.clip((stats[0] - running_mean) / sigma, -dmax, dmax)
+    return r, d
+
+
 def _reduced_stats(x3, xdt, count, eps, nt, reduce):
-    """(stats, global count) from this call's statistics and ``reduce`` (see _forward)."""
+    """(stats, global count) from this call's statistics and ``reduce`` (see _forward);
+    without ``reduce``, this call's own statistics."""
     C = x3.shape[1]
     mean = np.empty(C)
     m2 = np.empty(C)
     _BATCH_STATS[xdt](x3, mean, m2, nt)
-    n, mean, m2 = reduce(count, mean, m2)
+    n = count
+    if reduce is not None:
+        n, mean, m2 = reduce(count, mean, m2)
     if n == 0:
         return _empty_batch_stats(C, eps), 0
     stats = np.empty((3, C))
@@ -489,7 +548,7 @@ def _empty_batch_stats(C, eps):
 
 def _backward(grad_output, saved, weight, stats, training, need_weight, need_bias, gdt,
               n_threads, *, out=None, weight_name="weight", shape_of="the input's shape",
-              reduce=None, count=None):
+              reduce=None, count=None, renorm=None):
     """Validate and run a backward for the forward's input ``saved`` (a _SavedInput).
 
     Checks ``grad_output`` (type, then the input's shape; ``shape_of`` words the
@@ -500,6 +559,9 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
     parameters are in ``gdt`` (default: weight's compute dtype, else the input's).
     ``reduce(sum_dy, sum_dy_xmu)`` (SyncBatchNorm, after a training forward; ``count``
     is then the global count) returns the global per-channel sums.
+    ``renorm=(r, d)`` (float64 (C,), from a batch-renormalization forward): r and d are
+    constants of the backward (Ioffe 2017, section 3): the gradient is the batch-norm one
+    with weight ``weight * r``, and ``grad_weight = r * sum(dy * x_hat) + d * sum(dy)``.
     """
     _check_input(grad_output, "grad_output")
     shape = saved.input.shape
@@ -517,6 +579,15 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
     w = _as_param(weight, pdt)
     gi3, res = _prepare_out(out, shape, dtype, view, xdt, (grad_output, saved.input))
     nt = effective_n_threads(n_threads)
+    if renorm is not None:
+        # weight * r in float64 (the kernels take double parameters with any input);
+        # grad_weight needs both sums whatever the module has
+        r, d = renorm
+        out_pdt = pdt
+        w = r * w if w is not None else r
+        pdt = _F64
+        want_weight, want_bias = need_weight, need_bias
+        need_weight = need_bias = True
     if reduce is None:
         gw = np.empty(C, dtype=pdt) if need_weight else None
         gb = np.empty(C, dtype=pdt) if need_bias else None
@@ -534,10 +605,192 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
                                  np.ascontiguousarray(scale, np.float64), gi3, nt)
         gw = (sum_dy_xmu * invstd).astype(pdt) if need_weight else None
         gb = sum_dy.astype(pdt) if need_bias else None
+    if renorm is not None:
+        gw = (r * gw + d * gb).astype(out_pdt) if want_weight else None
+        gb = gb.astype(out_pdt) if want_bias else None
+        pdt = out_pdt
     if gdt is not None and gdt != pdt:
         gw = None if gw is None else gw.astype(gdt)
         gb = None if gb is None else gb.astype(gdt)
     return _deliver(res, out, dtype), gw, gb
+
+
+# ---------------------------------------------------------------------------------------
+# Ghost (virtual) batches: the batch's rows in consecutive groups, each normalised with its
+# own statistics (Hoffer, Hubara & Soudry 2017, "Train longer, generalize better", section
+# 4; tf.keras 2's BatchNormalization(virtual_batch_size=...)). Every group runs the one
+# call path above; only the grouping and the running-statistics update are here.
+
+def _check_virtual_batch_size(virtual_batch_size):
+    """None, or a positive int (returned as int)."""
+    v = virtual_batch_size
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"virtual_batch_size must be an int or None, got {type(v).__name__}")
+    if v < 1:
+        raise ValueError(f"virtual_batch_size must be >= 1, got {v}")
+    return int(v)
+
+
+class _Group:
+    """One virtual batch: rows [start, stop) and what its backward needs."""
+
+    __slots__ = ("count", "saved", "start", "stats", "stop")
+
+    def __init__(self, start, stop, stats, saved, count):
+        self.start = start
+        self.stop = stop
+        self.stats = stats      # (3, C) float64: mean, invstd, biased variance
+        self.saved = saved      # the group's input (_SavedInput)
+        self.count = count      # values per channel in the group
+
+
+class _Ghost:
+    """A ghost-batch forward's record for its backward: the groups and the grouped input."""
+
+    __slots__ = ("groups", "x")
+
+    def __init__(self, x, groups):
+        self.x = x              # the input as grouped (by reference; a C-order copy when
+        self.groups = groups    # its rows were not outermost in memory)
+
+
+def _ghost_ranges(shape, axis, v):
+    """The (start, stop) row ranges of the virtual batches of an input of ``shape``."""
+    if axis == 0:
+        raise ValueError(
+            "virtual_batch_size groups the rows of axis 0, which is the channel axis "
+            "here (axis=0): put the batch first")
+    N = shape[0]
+    per_row = 1
+    for i, s in enumerate(shape[1:], 1):
+        if i != axis:
+            per_row *= s
+    ranges = [(a, min(a + v, N)) for a in range(0, N, v)]
+    for a, b in ranges:
+        if (b - a) * per_row == 1:
+            raise ValueError(
+                f"Expected more than 1 value per channel in each virtual batch when "
+                f"training, got input size {tuple(shape)} with virtual_batch_size={v}: "
+                f"rows {a}:{b} hold 1 value per channel")
+    return ranges
+
+
+def _rows_outermost(x):
+    """Whether every slice of rows of ``x`` is contiguous in x's own axis order (axis 0
+    outermost in memory), so the groups are views and their outputs keep x's layout."""
+    if x.flags.c_contiguous:
+        return True
+    if as_ncl(x, 0).copied:
+        return False
+    s0 = x.strides[0]
+    return all(st <= s0 for st, n in zip(x.strides[1:], x.shape[1:]) if n > 1)
+
+
+def _target(out, x, dtype, other):
+    """Where the groups write: ``out`` when it has x's layout, else a new array like x.
+
+    ``out`` is checked first (the forward's rules, without its layout rule: an ``out`` of
+    another layout is filled by a copy at the end, see :func:`_finish`).
+    """
+    if out is not None:
+        _check_out(out, x.shape, dtype, other)
+        if out.strides == x.strides and x.dtype == dtype:
+            return out
+    return np.empty_like(x, dtype=dtype)
+
+
+def _finish(target, out):
+    if out is None or target is out:
+        return target
+    np.copyto(out, target)
+    return out
+
+
+def _forward_ghost(input, weight, bias, running_mean, running_var, momentum, eps, axis,
+                   virtual_batch_size, module, *, out=None, n_threads=None,
+                   check_finite=False, update_running=True):
+    """A module's training forward over virtual batches; returns (output, ghost, updated).
+
+    Each group of ``virtual_batch_size`` consecutive rows (axis 0; the last group holds
+    the remainder) is normalised with its own batch statistics by :func:`_forward`. The
+    running statistics are then updated once, as tf.keras 2 does: with the mean of the
+    groups' means and the mean of their variances, weighted by the groups' sizes (equal
+    weights when the size divides the batch), the variances unbiased per group (torch's
+    Bessel correction, ``n_g / (n_g - 1)``; tf.keras uses the biased ones).
+    Everything is checked before anything changes. ``update_running=False``: no update
+    (population statistics collect the groups instead).
+    """
+    xdt = _check_input(input)
+    module._check_input_dim(input)
+    axis = _check_axis(axis, input.ndim)
+    C = input.shape[axis]
+    _check_num_features(module, input, axis, C)
+    ranges = _ghost_ranges(input.shape, axis, virtual_batch_size)
+    update = (update_running and module.track_running_stats and running_mean is not None
+              and len(ranges) > 0)
+    if update:
+        if momentum is None:
+            factor = 1.0 / float(module.num_batches_tracked + 1)
+        else:
+            factor = _check_momentum(momentum)
+        _check_writeable(running_mean, "self.running_mean")
+        _check_writeable(running_var, "self.running_var")
+    x = input if _rows_outermost(input) else np.ascontiguousarray(input)
+    target = _target(out, x, input.dtype, (input,))
+    groups = []
+    for a, b in ranges:
+        _, stats, saved, count, _ = _forward(
+            x[a:b], weight, bias, running_mean, running_var, True, momentum, eps, axis,
+            out=target[a:b], n_threads=n_threads, module=module,
+            check_finite=check_finite, update_running=False)
+        groups.append(_Group(a, b, stats, saved, count))
+    if update:
+        n = np.array([g.count for g in groups], dtype=np.float64)
+        w = n / n.sum()
+        mean = w @ np.array([g.stats[0] for g in groups])
+        var = w @ np.array([g.stats[2] * (g.count / (g.count - 1)) for g in groups])
+        # the kernels' update, in double: (1 - factor) * running + factor * batch
+        running_mean[...] = (1.0 - factor) * running_mean.astype(np.float64) + factor * mean
+        running_var[...] = (1.0 - factor) * running_var.astype(np.float64) + factor * var
+    del xdt
+    return _finish(target, out), _Ghost(x, groups), update
+
+
+def _backward_ghost(grad_output, ghost, weight, need_weight, need_bias, gdt, n_threads, *,
+                    out=None, weight_name="weight", shape_of="the input's shape"):
+    """The backward of :func:`_forward_ghost` (its ``ghost`` record): per group, with the
+    parameters' gradients summed over the groups.
+
+    Returns (grad_input, grad_weight or None, grad_bias or None); grad_input has the
+    grouped input's layout (``out`` of another layout is filled by a copy).
+    """
+    _check_input(grad_output, "grad_output")
+    x, groups = ghost.x, ghost.groups
+    if grad_output.shape != x.shape:
+        raise ValueError(f"grad_output must have {shape_of} {x.shape}, "
+                         f"got {grad_output.shape}")
+    first = groups[0].saved
+    C = groups[0].stats.shape[1]
+    _check_channels(weight, weight_name, C, first.axis)
+    dtype = first.input.dtype
+    target = _target(out, x, dtype, (grad_output, x))
+    gw = np.zeros(C) if need_weight else None
+    gb = np.zeros(C) if need_bias else None
+    for g in groups:
+        _, gw_g, gb_g = _backward(
+            grad_output[g.start:g.stop], g.saved, weight, (g.stats[0], g.stats[1]), True,
+            need_weight, need_bias, _F64, n_threads, out=target[g.start:g.stop],
+            weight_name=weight_name, shape_of=shape_of)
+        if need_weight:
+            gw += gw_g
+        if need_bias:
+            gb += gb_g
+    pdt = gdt if gdt is not None else (_COMPUTE[weight.dtype] if weight is not None else
+                                       first.xdt)
+    return (_finish(target, out), None if gw is None else gw.astype(pdt),
+            None if gb is None else gb.astype(pdt))
 
 
 # ---------------------------------------------------------------------------------------

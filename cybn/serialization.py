@@ -29,7 +29,9 @@ __all__ = ["StateFileError", "load", "save"]
 
 _CLASSES = {cls.__name__: cls for cls in
             (batchnorm.BatchNorm1d, batchnorm.BatchNorm2d, batchnorm.BatchNorm3d)}
-_FORMAT = 1
+# Format 2 adds the optional entries of _OPTIONS; save() writes format 1 (readable by
+# cybn 0.1) unless the module uses one of them.
+_FORMAT = 2
 _STATE_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 # The hyper-parameter entries save() writes, with the NumPy kinds each may have: 'U'
 # string, 'i'/'u' integer, 'f' float, 'b' bool.
@@ -38,6 +40,9 @@ _META = {
     "momentum": "f", "affine": "b", "has_bias": "b", "track_running_stats": "b",
     "dtype": "U", "axis": "iu", "check_finite": "b", "training": "b",
 }
+# Format 2's optional hyper-parameters (batch renormalization, ghost batches), written
+# only when they differ from the defaults; virtual_batch_size 0 stands for None.
+_OPTIONS = {"renorm": "b", "rmax": "f", "dmax": "f", "virtual_batch_size": "iu"}
 # The dtypes of the state entries save() writes: the module's float dtype (its "dtype"
 # entry), int64 for num_batches_tracked.
 _DTYPES = ("float16", "float32", "float64", "int64")
@@ -70,7 +75,7 @@ def save(module, path):
     if _CLASSES.get(name) is not type(module):
         raise TypeError(f"save() supports {sorted(_CLASSES)}, got {name}")
     meta = {
-        "__cybn_format__": np.array(_FORMAT),
+        "__cybn_format__": np.array(1),
         "__class__": np.array(name),
         "num_features": np.array(module.num_features),
         "eps": np.array(float(module.eps)),
@@ -84,6 +89,12 @@ def save(module, path):
         "check_finite": np.array(module.check_finite),
         "training": np.array(module.training),
     }
+    if module.renorm or module.virtual_batch_size is not None:
+        meta["__cybn_format__"] = np.array(2)
+        meta["renorm"] = np.array(bool(module.renorm))
+        meta["rmax"] = np.array(float(module.rmax))
+        meta["dmax"] = np.array(float(module.dmax))
+        meta["virtual_batch_size"] = np.array(module.virtual_batch_size or 0)
     np.savez(path, **meta, **module.state_dict())
 
 
@@ -168,9 +179,10 @@ def _check_entry_count(tail, name):
     if at < 0 or len(tail) < at + 12:
         return
     declared = int.from_bytes(tail[at + 10:at + 12], "little")
-    if declared > len(_META) + len(_STATE_KEYS):    # 0xFFFF (zip64) included
+    most = len(_META) + len(_OPTIONS) + len(_STATE_KEYS)
+    if declared > most:    # 0xFFFF (zip64) included
         raise StateFileError(f"{name}: the archive declares {declared} entries; cybn.save() "
-                             f"writes at most {len(_META) + len(_STATE_KEYS)}")
+                             f"writes at most {most}")
 
 
 def _name(path):
@@ -199,10 +211,11 @@ def _read_entries(npz, name, size):
                              "they overlap, or the file is corrupt")
     if "__cybn_format__" not in files:
         raise StateFileError(f"{name} is not a file written by cybn.save()")
-    unknown = sorted(set(files) - set(_META) - set(_STATE_KEYS))
+    unknown = sorted(set(files) - set(_META) - set(_OPTIONS) - set(_STATE_KEYS))
     if unknown:
         raise StateFileError(f"{name}: unexpected entries {unknown}; cybn.save() writes "
-                             f"only {sorted(_META)} and the state_dict keys")
+                             f"only {sorted(_META)}, {sorted(_OPTIONS)} and the state_dict "
+                             "keys")
     entries = {}
     for key in files:
         info = npz.zip.getinfo(key + ".npy")
@@ -253,7 +266,7 @@ def _check_declared_size(zf, info, key, name):
 
 def _scalar(entries, key, name):
     value = entries[key]
-    kinds = _META[key]
+    kinds = _META[key] if key in _META else _OPTIONS[key]
     if value.shape != () or value.dtype.kind not in kinds:
         raise StateFileError(f"{name}: entry {key!r} must be a scalar of kind {kinds!r}, got "
                              f"shape {value.shape} of {value.dtype}")
@@ -272,6 +285,20 @@ def _build(entries, name):
     if missing:
         raise StateFileError(f"{name}: entries {missing} are missing")
     meta = {key: _scalar(entries, key, name) for key in _META}
+    options = {}
+    if fmt >= 2:
+        options = {key: _scalar(entries, key, name) for key in _OPTIONS if key in entries}
+    elif set(_OPTIONS) & set(entries):
+        raise StateFileError(f"{name}: format 1 has no entries "
+                             f"{sorted(set(_OPTIONS) & set(entries))}")
+    if "virtual_batch_size" in options:
+        options["virtual_batch_size"] = int(options["virtual_batch_size"]) or None
+    for key in ("renorm",):
+        if key in options:
+            options[key] = bool(options[key])
+    for key in ("rmax", "dmax"):
+        if key in options:
+            options[key] = float(options[key])
     cls = str(meta["__class__"])
     if cls not in _CLASSES:
         raise StateFileError(f"{name} holds an unknown module class {cls!r}")
@@ -302,7 +329,7 @@ def _build(entries, name):
             momentum=None if np.isnan(momentum) else momentum,
             affine=affine, track_running_stats=track,
             bias=bool(meta["has_bias"]), dtype=str(meta["dtype"]), axis=int(meta["axis"]),
-            check_finite=bool(meta["check_finite"]))
+            check_finite=bool(meta["check_finite"]), **options)
         module.load_state_dict({k: entries[k] for k in _STATE_KEYS if k in entries})
     except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError, Warning) as exc:
         raise StateFileError(f"{name}: the saved module cannot be rebuilt "

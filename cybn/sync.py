@@ -366,7 +366,8 @@ class SyncBatchNorm(_BatchNorm):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, bias=True, comm=None, dtype=np.float32,
-                 axis=1, check_finite=False, n_threads=None):
+                 axis=1, check_finite=False, n_threads=None, renorm=False, rmax=1.0,
+                 dmax=0.0):
         MPI = _import_mpi()
         if comm is None:
             comm = MPI.COMM_WORLD
@@ -375,7 +376,7 @@ class SyncBatchNorm(_BatchNorm):
                             f"MPI.COMM_WORLD) or None, got {type(comm).__name__}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          bias=bias, dtype=dtype, axis=axis, check_finite=check_finite,
-                         n_threads=n_threads)
+                         n_threads=n_threads, renorm=renorm, rmax=rmax, dmax=dmax)
         self.comm = comm
         self._MPI = MPI
         self._rectype, self._chan_op = _chan(MPI)
@@ -410,9 +411,17 @@ class SyncBatchNorm(_BatchNorm):
         if not isinstance(bn, _BatchNorm):
             raise TypeError("from_module expects a cybn batch-norm module (e.g. "
                             f"cybn.BatchNorm1d), got {type(bn).__name__}")
+        if hasattr(bn, "cls_to_become"):
+            raise ValueError(f"from_module got a lazy module that has no arrays yet "
+                             f"({type(bn).__name__}): run a forward or load_state_dict first")
+        if bn.virtual_batch_size is not None:
+            raise ValueError("from_module: SyncBatchNorm does not support "
+                             "virtual_batch_size (its batch is the global one), got "
+                             f"virtual_batch_size={bn.virtual_batch_size}")
         m = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
                 bias=bn.bias is not None, comm=comm, dtype=bn.dtype, axis=bn.axis,
-                check_finite=bn.check_finite, n_threads=bn.n_threads)
+                check_finite=bn.check_finite, n_threads=bn.n_threads, renorm=bn.renorm,
+                rmax=bn.rmax, dmax=bn.dmax)
         m.weight = bn.weight
         m.bias = bn.bias
         m.running_mean = bn.running_mean

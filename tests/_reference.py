@@ -68,7 +68,7 @@ def assert_close(actual, expected, dtype=None, scale=None, rtol=None, atol=None,
 def channel_matrix(x):
     """float64 C-contiguous (C, n) copy: row c holds every element of channel c."""
     x = np.asarray(x, dtype=F64)
-    x3 = x[:, :, None] if x.ndim == 2 else x
+    x3 = x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))  # any ndim >= 2
     N, C, L = x3.shape
     return np.ascontiguousarray(x3.transpose(1, 0, 2).reshape(C, N * L))
 
@@ -468,3 +468,77 @@ def gold(actual, expected, dtype=np.float64, f32_tol=1e-6):
         np.testing.assert_allclose(actual, expected, rtol=GOLD_RTOL, atol=GOLD_ATOL)
     else:
         np.testing.assert_allclose(actual, expected, rtol=f32_tol, atol=f32_tol)
+
+
+# --------------------------------------------------------------------------
+# the rest of the batch-norm family (docs/guide.md "Beyond torch's BatchNorm")
+# --------------------------------------------------------------------------
+
+
+def renorm_forward(x, running_mean, running_var, weight, bias, eps, rmax, dmax):
+    """Batch renormalization, Ioffe 2017 Algorithm 1 (training), in float64.
+
+    sigma_B = sqrt(eps + biased batch variance); the running sigma is
+    sqrt(running_var + eps) (cybn keeps a running variance, as Chainer does, where
+    the paper keeps a running sigma). Returns (y, r, d, mean, sigma_B, var_u).
+    """
+    x = np.asarray(x, dtype=F64)
+    mean, var_b, var_u = batch_stats(x)
+    sigma_b = np.sqrt(eps + var_b)
+    sigma = np.sqrt(np.asarray(running_var, dtype=F64) + eps)
+    r = np.clip(sigma_b / sigma, 1.0 / rmax, rmax)
+    d = np.clip((mean - np.asarray(running_mean, dtype=F64)) / sigma, -dmax, dmax)
+    y = renorm_apply(x, mean, sigma_b, r, d, weight, bias)
+    return y, r, d, mean, sigma_b, var_u
+
+
+def renorm_apply(x, mean, sigma_b, r, d, weight, bias):
+    """y = weight * ((x - mean) / sigma_B * r + d) + bias (r, d given: constants)."""
+    nd = x.ndim
+    xhat = (x - bcast(mean, nd)) / bcast(sigma_b, nd) * bcast(r, nd) + bcast(d, nd)
+    return xhat * bcast(weight, nd) + bcast(bias, nd)
+
+
+def renorm_backward(x, grad_output, weight, eps, r, d):
+    """Algorithm 1's gradients with r and d held constant (the paper's section 3)."""
+    x = np.asarray(x, dtype=F64)
+    dy = np.asarray(grad_output, dtype=F64)
+    nd = x.ndim
+    m = n_per_channel(x.shape)
+    mean, var_b, _ = batch_stats(x)
+    sigma_b = np.sqrt(eps + var_b)
+    xc = x - bcast(mean, nd)
+    xhat = xc / bcast(sigma_b, nd) * bcast(r, nd) + bcast(d, nd)
+    dxhat = dy * bcast(weight, nd)
+    dsigma = reduce_c(dxhat * xc) * (-r / sigma_b ** 2)
+    dmean = reduce_c(dxhat) * (-r / sigma_b)
+    dx = (dxhat * bcast(r / sigma_b, nd) + bcast(dsigma / (m * sigma_b), nd) * xc
+          + bcast(dmean / m, nd))
+    return dx, reduce_c(dy * xhat), reduce_c(dy)
+
+
+def ghost_forward(x, group, weight, bias, eps):
+    """Ghost batch norm: consecutive groups of ``group`` rows (the last holds the rest),
+    each normalised with its own statistics. Returns (y, [(rows, mean, var_u)])."""
+    x = np.asarray(x, dtype=F64)
+    y = np.empty(x.shape)
+    groups = []
+    for a in range(0, x.shape[0], group):
+        xg = x[a:a + group]
+        y[a:a + group], mean, _, var_u = forward_batch(xg, weight, bias, eps)
+        groups.append((xg.shape[0], mean, var_u))
+    return y, groups
+
+
+def ghost_backward(x, grad_output, group, weight, eps):
+    """Per-group batch-norm backward; the parameters' gradients summed over groups."""
+    x = np.asarray(x, dtype=F64)
+    dy = np.asarray(grad_output, dtype=F64)
+    dx = np.empty(x.shape)
+    gw = gb = 0.0
+    for a in range(0, x.shape[0], group):
+        dx[a:a + group], gw_g, gb_g = backward_batch(x[a:a + group], dy[a:a + group], weight,
+                                                     eps)
+        gw = gw + gw_g
+        gb = gb + gb_g
+    return dx, gw, gb
