@@ -529,6 +529,33 @@ class BatchNorm1d(_BatchNorm):
     n_threads : int or None
         OpenMP threads for this module's calls; None follows :func:`cybn.set_num_threads`
         and ``OMP_NUM_THREADS``.
+    renorm : bool, default False (keyword-only)
+        Batch renormalization (Ioffe 2017, "Batch Renormalization", Algorithm 1; Keras'
+        ``renorm``, Chainer's ``BatchRenormalization``). In training,
+        ``y = w * ((x - mu_B) / sigma_B * r + d) + b`` with
+        ``r = clip(sigma_B / sigma, 1/rmax, rmax)`` and
+        ``d = clip((mu_B - mu) / sigma, -dmax, dmax)``, where ``sigma_B = sqrt(var_B +
+        eps)`` (biased batch variance) and ``mu``, ``sigma = sqrt(running_var + eps)`` are
+        the running statistics before this batch updates them (as Chainer; the paper
+        keeps a moving sigma, Keras 2 separate renorm averages). r and d are constants of
+        the backward. The running statistics are updated as without renorm; evaluation
+        is unchanged. Needs ``track_running_stats``; not combinable with
+        ``virtual_batch_size``.
+    rmax, dmax : float, default 1.0 and 0.0 (keyword-only)
+        The clipping bounds (``rmax >= 1``, ``dmax >= 0``, ``inf``: no clipping). The
+        defaults make renorm plain batch norm, the paper's starting point: its schedule
+        (e.g. rmax 1 -> 3, dmax 0 -> 5) is the caller's, by assigning ``m.rmax`` and
+        ``m.dmax`` between steps (checked at each training forward).
+    virtual_batch_size : int or None, default None (keyword-only)
+        Ghost batch norm (Hoffer, Hubara & Soudry 2017, section 4; tf.keras 2's
+        ``virtual_batch_size``; TabNet's GBN): in training, each group of this many
+        consecutive rows (axis 0; the last group holds the remainder, which must have
+        more than one value per channel) is normalised with its own statistics, and its
+        backward uses them. The running statistics are updated once per forward with the
+        mean of the groups' means and of their unbiased variances, weighted by group
+        size (tf.keras 2 averages the biased variances with equal weights). Evaluation
+        is unaffected. The output has the input's layout when axis 0 is outermost in
+        memory (C order, channels-last), else C order.
 
     Attributes
     ----------

@@ -172,7 +172,7 @@ class LazyBatchNorm1d(_LazyBatchNorm):
     ``running_var`` (ones) in the module's dtype, and the module becomes a
     :class:`cybn.BatchNorm1d` (``type(m) is cybn.BatchNorm1d``; repr and state dict as
     ``cybn.BatchNorm1d(C, ...)``). A state dict loaded first does the same with C from its
-    arrays (:meth:`load_state_dict`).
+    arrays (:meth:`LazyBatchNorm1d.load_state_dict`).
 
     Parameters
     ----------
@@ -229,6 +229,13 @@ class LazyBatchNorm2d(_LazyBatchNorm):
     ``torch.nn.LazyBatchNorm2d``'s contract; everything is as for
     :class:`LazyBatchNorm1d`, except that the input is 4-D and the module becomes a
     :class:`cybn.BatchNorm2d`.
+
+    Parameters
+    ----------
+    eps, momentum, affine, track_running_stats
+        As for :class:`cybn.BatchNorm2d`.
+    **options
+        Its keyword-only options, as for :class:`LazyBatchNorm1d`.
     """
 
     cls_to_become = BatchNorm2d
@@ -241,6 +248,13 @@ class LazyBatchNorm3d(_LazyBatchNorm):
     ``torch.nn.LazyBatchNorm3d``'s contract; everything is as for
     :class:`LazyBatchNorm1d`, except that the input is 5-D and the module becomes a
     :class:`cybn.BatchNorm3d`.
+
+    Parameters
+    ----------
+    eps, momentum, affine, track_running_stats
+        As for :class:`cybn.BatchNorm3d`.
+    **options
+        Its keyword-only options, as for :class:`LazyBatchNorm1d`.
     """
 
     cls_to_become = BatchNorm3d

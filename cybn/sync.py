@@ -284,6 +284,10 @@ class SyncBatchNorm(_BatchNorm):
         OpenMP threads per rank; None follows :func:`cybn.set_num_threads` and
         ``OMP_NUM_THREADS``. With several ranks per node, keep ranks x threads at most the
         number of cores.
+    renorm, rmax, dmax : bool, float, float (keyword-only)
+        Batch renormalization with the global batch's statistics, as in
+        :class:`cybn.BatchNorm1d`. (``virtual_batch_size`` is not supported: the batch
+        is the global one.)
 
     Attributes
     ----------

@@ -99,10 +99,11 @@ def namespace():
     return ns
 
 
-C, MF, BW, SD, FF, FB, CO = (
+C, MF, BW, SD, FF, FB, CO, FAM = (
     "Constructing a module", "Module forward", "Module backward", "load_state_dict",
     "functional.batch_norm_forward / batch_norm", "functional.batch_norm_backward",
-    "compat (cs231n)")
+    "compat (cs231n)",
+    "Renormalization, ghost batches, population statistics, lazy modules")
 
 T, V, R = TypeError, ValueError, RuntimeError
 ARR = "input must be a NumPy array of float16, float32 or float64, got "
@@ -623,4 +624,87 @@ ROWS = [
         "got (2, 3)", setup="layer = CP.BatchNormalization(w, b); layer.forward(x)"),
 ]
 
-GROUPS = [C, MF, BW, SD, FF, FB, CO]
+ROWS += [
+    Row("renorm-no-running", FAM, "renorm without running statistics",
+        "cybn.BatchNorm1d(3, renorm=True, track_running_stats=False)", V,
+        "renorm=True needs the running statistics (r and d compare the batch with them): "
+        "track_running_stats must be True"),
+    Row("renorm-not-bool", FAM, "renorm not a bool", "cybn.BatchNorm1d(3, renorm=1)", T,
+        "renorm must be a bool, got int"),
+    Row("renorm-rmax-small", FAM, "rmax below 1", "cybn.BatchNorm1d(3, renorm=True, rmax=0.5)",
+        V, "rmax must be >= 1 (inf: no clipping), got 0.5"),
+    Row("renorm-rmax-nan", FAM, "rmax NaN",
+        "cybn.BatchNorm1d(3, renorm=True, rmax=float('nan'))", V,
+        "rmax must be >= 1 (inf: no clipping), got nan"),
+    Row("renorm-dmax-negative", FAM, "dmax below 0",
+        "cybn.BatchNorm1d(3, renorm=True, dmax=-1.0)", V,
+        "dmax must be >= 0 (inf: no clipping), got -1.0"),
+    Row("renorm-dmax-str", FAM, "dmax not a number",
+        "cybn.BatchNorm1d(3, renorm=True, dmax='1')", T, "dmax must be a real number, got str"),
+    Row("renorm-attr-rmax", FAM, "rmax set below 1 between steps",
+        "m.forward(x)", V, "self.rmax must be >= 1 (inf: no clipping), got 0.9",
+        setup="m.renorm = True; m.rmax = 0.9"),
+    Row("renorm-ghost", FAM, "renorm together with virtual_batch_size",
+        "cybn.BatchNorm1d(3, renorm=True, virtual_batch_size=2)", V,
+        "renorm=True and virtual_batch_size cannot be combined: batch renormalization "
+        "corrects one batch's statistics towards the running ones, not each virtual "
+        "batch's"),
+    Row("ghost-zero", FAM, "virtual_batch_size 0", "cybn.BatchNorm1d(3, virtual_batch_size=0)",
+        V, "virtual_batch_size must be >= 1, got 0"),
+    Row("ghost-float", FAM, "virtual_batch_size not an int",
+        "cybn.BatchNorm1d(3, virtual_batch_size=2.0)", T,
+        "virtual_batch_size must be an int or None, got float"),
+    Row("ghost-one-value", FAM, "a virtual batch with one value per channel",
+        "m.forward(x[:3])", V,
+        "Expected more than 1 value per channel in each virtual batch when training, got "
+        "input size (3, 3) with virtual_batch_size=2: rows 2:3 hold 1 value per channel",
+        setup="m.virtual_batch_size = 2"),
+    Row("ghost-axis-0", FAM, "virtual batches when the channel axis is 0",
+        "m.forward(np.ascontiguousarray(x.T))", V,
+        "virtual_batch_size groups the rows of axis 0, which is the channel axis here "
+        "(axis=0): put the batch first", setup="m.virtual_batch_size = 2; m.axis = 0"),
+    Row("ghost-sync", FAM, "SyncBatchNorm from a module with virtual batches",
+        "cybn.SyncBatchNorm.from_module(cybn.BatchNorm1d(3, virtual_batch_size=2))", V,
+        "from_module: SyncBatchNorm does not support virtual_batch_size (its batch is the "
+        "global one), got virtual_batch_size=2"),
+    Row("pop-empty", FAM, "population_stats without modules", "cybn.population_stats()", V,
+        "population_stats needs at least one batch-norm module"),
+    Row("pop-not-module", FAM, "population_stats given something else",
+        "cybn.population_stats(m, 'bn')", T,
+        "population_stats takes cybn batch-norm modules (e.g. cybn.BatchNorm1d), got str"),
+    Row("pop-untracked", FAM, "population_stats of a module without running statistics",
+        "cybn.population_stats(cybn.BatchNorm1d(3, track_running_stats=False))", V,
+        "population_stats: BatchNorm1d(3, eps=1e-05, momentum=0.1, affine=True, bias=True, "
+        "track_running_stats=False) does not track running statistics "
+        "(track_running_stats=False), so it has none to compute"),
+    Row("pop-twice", FAM, "the same module twice", "cybn.population_stats(m, m)", V,
+        "population_stats got the same module twice: BatchNorm1d(3, eps=1e-05, momentum=0.1, "
+        "affine=True, bias=True, track_running_stats=True)"),
+    Row("pop-nested", FAM, "a module already in an open block",
+        "inner.__enter__()", R,
+        "population_stats: BatchNorm1d(3, eps=1e-05, momentum=0.1, affine=True, bias=True, "
+        "track_running_stats=True) is already in an open population_stats block",
+        setup="outer = cybn.population_stats(m); outer.__enter__(); "
+        "inner = cybn.population_stats(m)"),
+    Row("lazy-params", FAM, "parameters of a lazy module before its first forward",
+        "cybn.LazyBatchNorm1d().parameters()", R,
+        "LazyBatchNorm1d has no parameters yet: their size comes from the first input. Run "
+        "a forward (or load_state_dict) before collecting them"),
+    Row("lazy-load-shapes", FAM, "a lazy module loading per-channel arrays of two lengths",
+        "cybn.LazyBatchNorm1d().load_state_dict({'weight': np.ones(3), 'bias': np.ones(4), "
+        "'running_mean': rm, 'running_var': rv})", R,
+        "Error(s) in loading state_dict for LazyBatchNorm1d:\n\ta lazy module takes its "
+        "channel count from 1-D per-channel arrays of one length, got weight of shape (3,), "
+        "bias of shape (4,), running_mean of shape (3,), running_var of shape (3,)"),
+    Row("lazy-first-forward", FAM, "a lazy module's first forward with one row",
+        "lazy.forward(x[:1])", V,
+        "Expected more than 1 value per channel when training, got input size (1, 3)",
+        setup="lazy = cybn.LazyBatchNorm1d()",
+        note="the module stays lazy (torch materialises it)"),
+    Row("lazy-sync", FAM, "SyncBatchNorm from a lazy module before its first forward",
+        "cybn.SyncBatchNorm.from_module(cybn.LazyBatchNorm1d())", V,
+        "from_module got a lazy module that has no arrays yet (LazyBatchNorm1d): run a "
+        "forward or load_state_dict first"),
+]
+
+GROUPS = [C, MF, BW, SD, FF, FB, CO, FAM]

@@ -385,3 +385,49 @@ def test_out_buffers_equal_returned_arrays():
         a(x, out=bad)
     assert all(np.array(v).tobytes() == before[k].tobytes()
                for k, v in a.state_dict().items())
+
+
+@pytest.mark.parametrize("pattern", ["equal", "unequal", "first_empty"])
+def test_renorm_matches_single_process(pattern):
+    # batch renormalization with the global batch's statistics
+    sizes = local_sizes(pattern)
+    C = 4
+    shared = np.random.default_rng(3)
+    state = {"weight": shared.uniform(0.5, 2.0, C), "bias": shared.normal(size=C),
+             "running_mean": shared.normal(size=C), "running_var": shared.uniform(0.3, 3, C)}
+    kw = dict(dtype=F64, renorm=True, rmax=1.5, dmax=0.4)
+    sync = cybn.SyncBatchNorm(C, **kw)
+    ref = cybn.BatchNorm1d(C, **kw)
+    for m in (sync, ref):
+        m.load_state_dict(state, strict=False)
+    rng = local_rng(5)
+    rows = my_rows(sizes)
+    x = 1.0 + 2.0 * rng.standard_normal((sizes[RANK], C, 3))
+    dy = rng.standard_normal(x.shape)
+    X, DY = gathered(x), gathered(dy)
+    y, g = sync(x), sync.backward(dy)
+    Y, G = ref(X)[rows], ref.backward(DY)[rows]
+    identical = same_everywhere(sync.grad_weight)
+    assert_close(y, Y)
+    assert_close(g, G)
+    assert_close(sync.grad_weight, ref.grad_weight)
+    assert_close(sync.running_var, ref.running_var)
+    assert identical
+
+
+def test_population_stats_use_the_global_batches():
+    sizes = local_sizes("unequal")
+    C = 3
+    sync = cybn.SyncBatchNorm(C, dtype=F64)
+    rng = local_rng(9)
+    xs = [50.0 + 3.0 * rng.standard_normal((sizes[RANK] + k, C, 2)) for k in range(3)]
+    with cybn.population_stats(sync):
+        for x in xs:
+            sync(x)
+    everything = np.concatenate([gathered(x) for x in xs])
+    identical = same_everywhere(sync.running_var)
+    flat = np.moveaxis(everything, 1, -1).reshape(-1, C)
+    np.testing.assert_allclose(sync.running_mean, flat.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(sync.running_var, flat.var(axis=0, ddof=1), rtol=1e-12)
+    assert int(sync.num_batches_tracked) == 3
+    assert identical
