@@ -722,7 +722,7 @@ def _forward_ghost(input, weight, bias, running_mean, running_var, momentum, eps
     Everything is checked before anything changes. ``update_running=False``: no update
     (population statistics collect the groups instead).
     """
-    xdt = _check_input(input)
+    _check_input(input)
     module._check_input_dim(input)
     axis = _check_axis(axis, input.ndim)
     C = input.shape[axis]
@@ -754,7 +754,6 @@ def _forward_ghost(input, weight, bias, running_mean, running_var, momentum, eps
         # the kernels' update, in double: (1 - factor) * running + factor * batch
         running_mean[...] = (1.0 - factor) * running_mean.astype(np.float64) + factor * mean
         running_var[...] = (1.0 - factor) * running_var.astype(np.float64) + factor * var
-    del xdt
     return _finish(target, out), _Ghost(x, groups), update
 
 
