@@ -44,8 +44,18 @@ class _Cache:
         self.reduced = reduced      # statistics reduced across processes (SyncBatchNorm)
 
 
+def _is_placeholder(value):
+    """A torch lazy module's uninitialised parameter or buffer (no values, no shape)."""
+    return type(value).__name__ in ("UninitializedParameter", "UninitializedBuffer")
+
+
 def _as_state_array(value, key):
     """Array-like from a state dict (NumPy, torch tensor, list, scalar) -> ndarray."""
+    if _is_placeholder(value):
+        raise TypeError(
+            f"state_dict[{key!r}] is an uninitialized parameter of a torch lazy module: it "
+            "has no values yet (run a forward in torch first, or load the state into a "
+            "cybn lazy module, which skips it)")
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without torch
         value = value.detach().cpu().numpy()
     try:
@@ -80,23 +90,40 @@ def _cast_state(value, dtype, key):
 def _check_renorm_options(renorm, rmax, dmax, track_running_stats, attribute=False):
     """Validate batch renormalization's options; return (rmax, dmax) when on, else None.
 
-    ``attribute``: the values are a module's attributes (checked at each training forward,
-    since the caller may change them between steps), named ``self.<name>``.
+    ``rmax`` and ``dmax`` are checked whether or not renorm is on (a bad value would
+    otherwise surface only once renorm is switched on). ``attribute``: the values are a
+    module's attributes (checked at each training forward, since the caller may change
+    them between steps, and named ``self.<name>``); then only when renorm is on.
     """
     prefix = "self." if attribute else ""
-    if renorm is False:
+    if renorm is not True and renorm is not False:
+        if not isinstance(renorm, np.bool_):
+            raise TypeError(f"{prefix}renorm must be a bool, got {type(renorm).__name__}")
+        renorm = bool(renorm)
+    if attribute and not renorm:
         return None
-    if renorm is not True:
-        raise TypeError(f"{prefix}renorm must be a bool, got {type(renorm).__name__}")
-    if not track_running_stats:
+    if renorm and not track_running_stats:
         raise ValueError("renorm=True needs the running statistics (r and d compare the "
                          "batch with them): track_running_stats must be True")
     try:
-        return F._check_renorm(rmax, dmax)
+        bounds = F._check_renorm(rmax, dmax)
     except (TypeError, ValueError) as exc:
         if not attribute:
             raise
         raise type(exc)(f"self.{exc}") from None
+    return bounds if renorm else None
+
+
+def _check_num_batches_tracked(nbt):
+    """num_batches_tracked must take the increment after a running-statistics update."""
+    if type(nbt) is np.ndarray and nbt.shape == () and nbt.dtype.kind in "iu" \
+            and nbt.flags.writeable:
+        return
+    raise TypeError(
+        "self.num_batches_tracked must be a writeable 0-d integer array (as "
+        f"np.array(0, dtype=np.int64)), got {type(nbt).__name__}"
+        + (f" of shape {nbt.shape} and dtype {nbt.dtype}" if isinstance(nbt, np.ndarray)
+           else ""))
 
 
 class _BatchNorm:
@@ -226,6 +253,14 @@ class _BatchNorm:
         """
         return [p for p in (self.weight, self.bias) if p is not None]
 
+    _population = None  # class default: modules pickled before the attribute existed
+
+    def __getstate__(self):
+        # A copy (pickle, copy.deepcopy) is not part of an open population_stats block
+        state = dict(self.__dict__)
+        state["_population"] = None
+        return state
+
     def _state_keys(self):
         # the keys of a complete state dict (a lazy module lists them before it has arrays)
         return [k for k, _ in self._state_items()]
@@ -273,6 +308,11 @@ class _BatchNorm:
             On size mismatches, and on missing/unexpected keys when ``strict``, with
             PyTorch's wording. Nothing is modified when it raises.
         """
+        return self._load_state_dict(state_dict, strict)
+
+    def _load_state_dict(self, state_dict, strict=True, placeholders=()):
+        # placeholders: keys present in state_dict without values (a torch lazy module's
+        # uninitialised parameters): neither loaded nor missing
         if not isinstance(state_dict, collections.abc.Mapping):
             raise TypeError(f"Expected state_dict to be dict-like, got "
                             f"{type(state_dict).__name__}.")
@@ -280,7 +320,7 @@ class _BatchNorm:
         errors = []
         staged = []
         for key, target in own.items():
-            if key not in state_dict:
+            if key not in state_dict or key in placeholders:
                 continue
             value = _as_state_array(state_dict[key], key)
             if value.shape != target.shape:
@@ -292,13 +332,14 @@ class _BatchNorm:
                 staged.append((target, _cast_state(value, target.dtype, key)))
             except (TypeError, ValueError, OverflowError) as exc:
                 errors.append(f"While copying the parameter named \"{key}\": {exc}")
-        missing = [k for k in self._state_keys() if k not in state_dict]
+        keys = self._state_keys()
+        missing = [k for k in keys if k not in state_dict]
         # A checkpoint without version-2 metadata may predate num_batches_tracked.
         if "num_batches_tracked" in missing:
             version = getattr(state_dict, "_metadata", {}).get("", {}).get("version")
             if version is None or version < 2:
                 missing.remove("num_batches_tracked")
-        unexpected = [k for k in state_dict if k not in own]
+        unexpected = [k for k in state_dict if k not in keys]
         if strict:
             if unexpected:
                 errors.insert(0, "Unexpected key(s) in state_dict: "
@@ -308,7 +349,7 @@ class _BatchNorm:
                               + ", ".join(f'"{k}"' for k in missing) + ". ")
         if errors:
             raise RuntimeError(
-                f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
+                f"Error(s) in loading state_dict for {self._load_name()}:\n\t"
                 + "\n\t".join(errors))
         for target, value in staged:
             target[...] = value
@@ -339,6 +380,11 @@ class _BatchNorm:
 
     def _has_bias(self):
         return self.bias is not None
+
+    def _load_name(self):
+        # the class named by load_state_dict's errors (a lazy module loading as its sized
+        # class names itself)
+        return self.__dict__.get("_loading_as", type(self).__name__)
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
@@ -384,18 +430,29 @@ class _BatchNorm:
         # _BatchNorm.forward -> F.batch_norm. `reduce`: SyncBatchNorm's communication.
         # Inside a cybn.population_stats block a training forward merges its batch into
         # the block's exact statistics instead of updating the running ones.
-        population = self._population if self.training else None
+        training = self.training
+        if training is not True and training is not False:
+            training = F._check_training(training)
+        population = self._population if training else None
         renorm = None
-        if self.training:
+        if training:
+            if self.track_running_stats and self.running_mean is not None:
+                _check_num_batches_tracked(self.num_batches_tracked)
             renorm = _check_renorm_options(self.renorm, self.rmax, self.dmax,
                                            self.track_running_stats, attribute=True)
-            if self.virtual_batch_size is not None:
+            if renorm is not None and (self.running_mean is None or self.running_var is None):
+                raise ValueError("renorm=True needs the running statistics, but "
+                                 f"self.{'running_mean' if self.running_mean is None else 'running_var'}"
+                                 " is None")
+            if self.virtual_batch_size is not None and not (
+                    isinstance(input, np.ndarray) and input.ndim >= 1 and input.shape[0] == 0):
+                # (an empty batch takes the ordinary path: there are no groups)
                 return self._forward_ghost(input, out, reduce, population)
         output, stats, saved, count, updated = F._forward(
             input, self.weight, self.bias, self.running_mean, self.running_var,
-            self.training, self.momentum, self.eps, self.axis, out=out,
+            training, self.momentum, self.eps, self.axis, out=out,
             n_threads=self.n_threads, module=self,
-            check_finite=self.check_finite and self.training, reduce=reduce,
+            check_finite=self.check_finite and training, reduce=reduce,
             renorm=renorm, update_running=population is None)
         if updated:
             nbt = self.num_batches_tracked

@@ -390,6 +390,9 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
         training = _check_training(training)
     has_running = running_mean is not None
     if module is not None:
+        if has_running != (running_var is not None):
+            raise ValueError("self.running_mean and self.running_var must either both be "
+                             "None or neither be None")
         batch_stats = training or not has_running
         update = training and has_running and module.track_running_stats and update_running
     elif training:
@@ -649,11 +652,12 @@ class _Group:
 class _Ghost:
     """A ghost-batch forward's record for its backward: the groups and the grouped input."""
 
-    __slots__ = ("groups", "x")
+    __slots__ = ("groups", "input", "x")
 
-    def __init__(self, x, groups):
-        self.x = x              # the input as grouped (by reference; a C-order copy when
-        self.groups = groups    # its rows were not outermost in memory)
+    def __init__(self, input, x, groups):
+        self.input = input      # the caller's input (by reference)
+        self.x = x              # the input as grouped: ``input``, or a C-order copy when
+        self.groups = groups    # its rows were not outermost in memory
 
 
 def _ghost_ranges(shape, axis, v):
@@ -730,6 +734,8 @@ def _forward_ghost(input, weight, bias, running_mean, running_var, momentum, eps
     ranges = _ghost_ranges(input.shape, axis, virtual_batch_size)
     update = (update_running and module.track_running_stats and running_mean is not None
               and len(ranges) > 0)
+    for name, a in (("running_mean", running_mean), ("running_var", running_var)):
+        _check_channels(a, "self." + name, C, axis)  # before their flags are read
     if update:
         if momentum is None:
             factor = 1.0 / float(module.num_batches_tracked + 1)
@@ -739,6 +745,9 @@ def _forward_ghost(input, weight, bias, running_mean, running_var, momentum, eps
         _check_writeable(running_var, "self.running_var")
     x = input if _rows_outermost(input) else np.ascontiguousarray(input)
     target = _target(out, x, input.dtype, (input,))
+    if check_finite and target is out:
+        # a later group may raise: write ``out`` only once every group has passed
+        target = np.empty_like(x, dtype=input.dtype)
     groups = []
     for a, b in ranges:
         _, stats, saved, count, _ = _forward(
@@ -746,15 +755,16 @@ def _forward_ghost(input, weight, bias, running_mean, running_var, momentum, eps
             out=target[a:b], n_threads=n_threads, module=module,
             check_finite=check_finite, update_running=False)
         groups.append(_Group(a, b, stats, saved, count))
+    n = np.array([g.count for g in groups], dtype=np.float64)
+    update = update and n.sum() > 0  # no values (a zero-size axis): nothing to learn
     if update:
-        n = np.array([g.count for g in groups], dtype=np.float64)
         w = n / n.sum()
         mean = w @ np.array([g.stats[0] for g in groups])
         var = w @ np.array([g.stats[2] * (g.count / (g.count - 1)) for g in groups])
         # the kernels' update, in double: (1 - factor) * running + factor * batch
         running_mean[...] = (1.0 - factor) * running_mean.astype(np.float64) + factor * mean
         running_var[...] = (1.0 - factor) * running_var.astype(np.float64) + factor * var
-    return _finish(target, out), _Ghost(x, groups), update
+    return _finish(target, out), _Ghost(input, x, groups), update
 
 
 def _backward_ghost(grad_output, ghost, weight, need_weight, need_bias, gdt, n_threads, *,
@@ -774,7 +784,7 @@ def _backward_ghost(grad_output, ghost, weight, need_weight, need_bias, gdt, n_t
     C = groups[0].stats.shape[1]
     _check_channels(weight, weight_name, C, first.axis)
     dtype = first.input.dtype
-    target = _target(out, x, dtype, (grad_output, x))
+    target = _target(out, x, dtype, (grad_output, x, ghost.input))
     gw = np.zeros(C) if need_weight else None
     gb = np.zeros(C) if need_bias else None
     for g in groups:

@@ -15,7 +15,14 @@ import collections.abc
 import numpy as np
 
 from . import functional as F
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _as_state_array, _BatchNorm
+from .batchnorm import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    _as_state_array,
+    _BatchNorm,
+    _is_placeholder,
+)
 
 __all__ = ["LazyBatchNorm1d", "LazyBatchNorm2d", "LazyBatchNorm3d"]
 
@@ -102,13 +109,16 @@ class _LazyBatchNorm(_BatchNorm):
         lazy_class = type(self)
         before = dict(self.__dict__)
         self._materialize(C)
+        self._loading_as = lazy_class.__name__  # errors name the lazy class
         try:
-            return call(self, *args)
+            result = call(self, *args)
         except BaseException:
             self.__class__ = lazy_class
             self.__dict__.clear()
             self.__dict__.update(before)
             raise
+        del self._loading_as
+        return result
 
     def _forward(self, input, out=None, reduce=None):
         # the sized module's checks of the input, in its order, before anything changes
@@ -146,13 +156,18 @@ class _LazyBatchNorm(_BatchNorm):
         The module then becomes the sized module with C channels before the values are
         copied (torch materialises the arrays but keeps ``num_features = 0`` and the lazy
         class until the first forward). Without any per-channel key (``strict=False``)
-        it stays lazy.
+        it stays lazy. The placeholders of a torch lazy module's state dict
+        (``UninitializedParameter``/``UninitializedBuffer``) count as present and are not
+        loaded, as torch does: such a state leaves the module lazy.
         """
         if not isinstance(state_dict, collections.abc.Mapping):
             return super().load_state_dict(state_dict, strict)
-        keys = [k for k in _PER_CHANNEL if k in self._state_keys() and k in state_dict]
+        # a torch lazy module's placeholders: present, without values (torch skips them)
+        placeholders = {k for k, v in state_dict.items() if _is_placeholder(v)}
+        keys = [k for k in _PER_CHANNEL
+                if k in self._state_keys() and k in state_dict and k not in placeholders]
         if not keys:
-            return super().load_state_dict(state_dict, strict)
+            return self._load_state_dict(state_dict, strict, placeholders)
         shapes = {k: _as_state_array(state_dict[k], k).shape for k in keys}
         C = shapes[keys[0]][0] if len(shapes[keys[0]]) == 1 else None
         bad = [k for k in keys if shapes[k] != (C,)]
@@ -161,7 +176,8 @@ class _LazyBatchNorm(_BatchNorm):
                 f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
                 "a lazy module takes its channel count from 1-D per-channel arrays of one "
                 "length, got " + ", ".join(f"{k} of shape {shapes[k]}" for k in keys))
-        return self._attempt(C, _BatchNorm.load_state_dict, state_dict, strict)
+        return self._attempt(C, _BatchNorm._load_state_dict, state_dict, strict,
+                             placeholders)
 
 
 class LazyBatchNorm1d(_LazyBatchNorm):

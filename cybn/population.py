@@ -93,6 +93,12 @@ class population_stats:  # noqa: N801 - used as a function: ``with population_st
     RuntimeError
         On entry, if a module is already in an open ``population_stats`` block.
 
+    Notes
+    -----
+    On entry and again on exit (before anything is written) every module's
+    ``running_mean``, ``running_var`` and ``num_batches_tracked`` must be writeable NumPy
+    arrays, else TypeError or ValueError is raised and no module changes.
+
     Examples
     --------
     >>> import numpy as np, cybn
@@ -129,6 +135,7 @@ class population_stats:  # noqa: N801 - used as a function: ``with population_st
         if busy:
             raise RuntimeError(f"population_stats: {busy[0]!r} is already in an open "
                                "population_stats block")
+        _check_targets(self.modules)
         self._pops = [_Population() for _ in self.modules]
         for m, pop in zip(self.modules, self._pops):
             m._population = pop
@@ -146,9 +153,11 @@ class population_stats:  # noqa: N801 - used as a function: ``with population_st
             m._population = None
         if exc_type is not None:
             return False
-        for m, pop in zip(self.modules, self._pops):
-            if pop.records is None or m.running_mean is None:
-                continue
+        done = [(m, pop) for m, pop in zip(self.modules, self._pops)
+                if pop.records is not None and m.running_mean is not None]
+        # every module's arrays are checked before any is written: all change, or none
+        _check_targets([m for m, _ in done])
+        for m, pop in done:
             n = pop.records[0, 0]
             with np.errstate(divide="ignore", invalid="ignore"):  # n = 1: NaN, as torch
                 var = pop.records[:, 2] / (n - 1)
@@ -156,3 +165,18 @@ class population_stats:  # noqa: N801 - used as a function: ``with population_st
             m.running_var[...] = var
             m.num_batches_tracked[()] = int(m.num_batches_tracked) + pop.batches
         return False
+
+
+def _check_targets(modules):
+    """The arrays population_stats writes must exist, be writeable and have C entries."""
+    for m in modules:
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            a = getattr(m, name)
+            if a is None and hasattr(m, "cls_to_become"):
+                continue  # a lazy module's arrays come with its first forward
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"population_stats: {m!r}.{name} must be a NumPy array, "
+                                f"got {type(a).__name__}")
+            if not a.flags.writeable:
+                raise ValueError(f"population_stats: {m!r}.{name} is updated in place and "
+                                 "must be writeable, got a read-only array")

@@ -24,6 +24,7 @@ import zlib
 import numpy as np
 
 from . import batchnorm
+from . import functional as F
 
 __all__ = ["StateFileError", "load", "save"]
 
@@ -69,7 +70,17 @@ def save(module, path):
     Raises
     ------
     TypeError
-        If ``module`` is not one of the supported classes.
+        If ``module`` is not one of the supported classes, or an option attribute
+        (``renorm``, ``rmax``, ``dmax``, ``virtual_batch_size``) has the wrong type.
+    ValueError
+        If such an option is out of range (as the constructor would refuse it): nothing
+        is written.
+
+    Notes
+    -----
+    Modules whose ``renorm``, ``rmax``, ``dmax`` or ``virtual_batch_size`` differ from
+    the defaults are written in format 2, which cybn 0.1 does not read (it reports more
+    entries than it writes, or an unknown format); others in format 1.
     """
     name = type(module).__name__
     if _CLASSES.get(name) is not type(module):
@@ -89,12 +100,19 @@ def save(module, path):
         "check_finite": np.array(module.check_finite),
         "training": np.array(module.training),
     }
-    if module.renorm or module.virtual_batch_size is not None:
+    # the options are checked as the constructor checks them, so that load() takes back
+    # every file save() writes
+    batchnorm._check_renorm_options(module.renorm, module.rmax, module.dmax,
+                                    module.track_running_stats)
+    vbs = F._check_virtual_batch_size(module.virtual_batch_size)
+    if vbs is not None and vbs > np.iinfo(np.int64).max:
+        raise ValueError(f"virtual_batch_size {vbs} does not fit a 64-bit integer")
+    if (module.renorm, module.rmax, module.dmax, vbs) != (False, 1.0, 0.0, None):
         meta["__cybn_format__"] = np.array(2)
         meta["renorm"] = np.array(bool(module.renorm))
         meta["rmax"] = np.array(float(module.rmax))
         meta["dmax"] = np.array(float(module.dmax))
-        meta["virtual_batch_size"] = np.array(module.virtual_batch_size or 0)
+        meta["virtual_batch_size"] = np.array(vbs or 0, dtype=np.int64)
     np.savez(path, **meta, **module.state_dict())
 
 

@@ -686,6 +686,24 @@ ROWS += [
         "track_running_stats=True) is already in an open population_stats block",
         setup="outer = cybn.population_stats(m); outer.__enter__(); "
         "inner = cybn.population_stats(m)"),
+    Row("nbt-not-array", FAM, "num_batches_tracked replaced by a Python int",
+        "m.forward(x)", T,
+        "self.num_batches_tracked must be a writeable 0-d integer array (as "
+        "np.array(0, dtype=np.int64)), got int", setup="m.num_batches_tracked = 0"),
+    Row("running-half", FAM, "running_var removed, running_mean kept", "m.forward(x)", V,
+        "self.running_mean and self.running_var must either both be None or neither be None",
+        setup="m.running_var = None"),
+    Row("renorm-no-running-attr", FAM, "renorm on, running_mean removed", "m.forward(x)", V,
+        "renorm=True needs the running statistics, but self.running_mean is None",
+        setup="m.renorm = True; m.running_mean = None"),
+    Row("pop-read-only", FAM, "population_stats of a module with read-only statistics",
+        "cybn.population_stats(m).__enter__()", V,
+        "population_stats: BatchNorm1d(3, eps=1e-05, momentum=0.1, affine=True, bias=True, "
+        "track_running_stats=True).running_mean is updated in place and must be writeable, "
+        "got a read-only array", setup="m.running_mean.flags.writeable = False"),
+    Row("save-bad-option", FAM, "cybn.save of a module whose rmax was set below 1",
+        "cybn.save(m, __import__('io').BytesIO())", V,
+        "rmax must be >= 1 (inf: no clipping), got 0.2", setup="m.rmax = 0.2"),
     Row("lazy-params", FAM, "parameters of a lazy module before its first forward",
         "cybn.LazyBatchNorm1d().parameters()", R,
         "LazyBatchNorm1d has no parameters yet: their size comes from the first input. Run "

@@ -98,6 +98,9 @@ def npz_seeds(tmp):
         "no_affine": cybn.BatchNorm1d(5, affine=False),
         "no_stats": cybn.BatchNorm1d(5, track_running_stats=False).eval(),
         "no_bias": cybn.BatchNorm1d(3, bias=False),
+        # format 2: the optional entries of batch renormalization and ghost batches
+        "renorm": cybn.BatchNorm1d(3, renorm=True, rmax=3.0, dmax=float("inf")),
+        "ghost": cybn.BatchNorm2d(2, virtual_batch_size=16),
     }
     for name, module in modules.items():
         path = os.path.join(tmp, f"{name}.npz")
