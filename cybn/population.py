@@ -47,7 +47,7 @@ class _Population:
         self.records = batch
 
 
-class population_stats:  # noqa: N801 - used as a function: ``with population_stats(...)``
+class population_stats:
     r"""Context manager: recompute modules' running statistics exactly from the batches seen.
 
     ``with cybn.population_stats(bn1, bn2, ...):`` then run training-mode forwards over the

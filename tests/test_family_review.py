@@ -7,9 +7,9 @@ import pickle
 
 import numpy as np
 import pytest
+from _reference import assert_close, batch_stats
 
 import cybn
-from _reference import assert_close, batch_stats
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_ghost_zero_values_per_channel_leaves_running_stats():
     assert m.backward(np.zeros((4, 3, 0), np.float32)).shape == (4, 3, 0)
 
 
-@pytest.mark.parametrize("kw", [dict(virtual_batch_size=4), dict(renorm=True), {}])
+@pytest.mark.parametrize("kw", [{"virtual_batch_size": 4}, {"renorm": True}, {}])
 @pytest.mark.parametrize("bad", ["False", 1, None])
 def test_training_attribute_type_is_checked_on_every_path(x, kw, bad):
     m = cybn.BatchNorm1d(3, **kw)
@@ -135,7 +135,7 @@ def test_half_of_the_running_statistics(x, training):
         m(x)
 
 
-@pytest.mark.parametrize("kw", [dict(virtual_batch_size=4), {}])
+@pytest.mark.parametrize("kw", [{"virtual_batch_size": 4}, {}])
 def test_bad_running_mean_type_is_named(x, kw):
     m = cybn.BatchNorm1d(3, **kw)
     m.running_mean = [0.0, 0.0, 0.0]
@@ -143,7 +143,7 @@ def test_bad_running_mean_type_is_named(x, kw):
         m(x)
 
 
-@pytest.mark.parametrize("kw", [dict(virtual_batch_size=4), dict(renorm=True), {}])
+@pytest.mark.parametrize("kw", [{"virtual_batch_size": 4}, {"renorm": True}, {}])
 def test_int_num_batches_tracked_is_refused_before_any_update(x, kw):
     m = cybn.BatchNorm1d(3, **kw)
     m.num_batches_tracked = 0
@@ -154,10 +154,10 @@ def test_int_num_batches_tracked_is_refused_before_any_update(x, kw):
 
 
 @pytest.mark.parametrize("change, exc, msg", [
-    (dict(rmax=0.2), ValueError, "rmax must be >= 1"),
-    (dict(renorm=1), TypeError, "renorm must be a bool, got int"),
-    (dict(virtual_batch_size=2), None, None),        # with renorm: refused at load before
-    (dict(virtual_batch_size=2**70), ValueError, "does not fit a 64-bit integer"),
+    ({"rmax": 0.2}, ValueError, "rmax must be >= 1"),
+    ({"renorm": 1}, TypeError, "renorm must be a bool, got int"),
+    ({"virtual_batch_size": 2}, None, None),        # with renorm: refused at load before
+    ({"virtual_batch_size": 2**70}, ValueError, "does not fit a 64-bit integer"),
 ])
 def test_save_refuses_what_load_would_refuse(change, exc, msg):
     m = cybn.BatchNorm1d(3, renorm=True, rmax=2.0) if "virtual_batch_size" not in change \

@@ -10,8 +10,6 @@ differences 1e-6 relative.
 
 import numpy as np
 import pytest
-
-import cybn
 from _reference import (
     assert_close,
     batch_stats,
@@ -19,6 +17,8 @@ from _reference import (
     ghost_forward,
     numerical_grad,
 )
+
+import cybn
 
 CASES = [((16, 5), 4), ((10, 3), 4), ((9, 3, 7), 2), ((7, 2, 3, 4), 3), ((12, 4), 12),
          ((12, 4), 50)]
@@ -141,7 +141,7 @@ def test_layouts_and_out(rng, layout):
     if layout == "channels_last":
         m.axis = -1
         xin = np.ascontiguousarray(np.moveaxis(x, 1, -1))
-        back = lambda a: np.moveaxis(a, -1, 1)  # noqa: E731
+        back = lambda a: np.moveaxis(a, -1, 1)
         dyin = np.ascontiguousarray(np.moveaxis(dy, 1, -1))
     elif layout == "fortran":
         xin, dyin, back = np.asfortranarray(x), np.asfortranarray(dy), lambda a: a
@@ -213,10 +213,10 @@ def test_remainder_group_of_two_rows_is_used(rng):
 
 
 @pytest.mark.parametrize("kw, exc, msg", [
-    (dict(virtual_batch_size=0), ValueError, "virtual_batch_size must be >= 1, got 0"),
-    (dict(virtual_batch_size=2.0), TypeError,
+    ({"virtual_batch_size": 0}, ValueError, "virtual_batch_size must be >= 1, got 0"),
+    ({"virtual_batch_size": 2.0}, TypeError,
      "virtual_batch_size must be an int or None, got float"),
-    (dict(virtual_batch_size=True), TypeError,
+    ({"virtual_batch_size": True}, TypeError,
      "virtual_batch_size must be an int or None, got bool"),
 ])
 def test_constructor_errors(kw, exc, msg):

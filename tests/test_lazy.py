@@ -6,9 +6,9 @@ import pickle
 
 import numpy as np
 import pytest
+from _reference import assert_close, forward_batch
 
 import cybn
-from _reference import assert_close, forward_batch
 
 LAZY = [(cybn.LazyBatchNorm1d, cybn.BatchNorm1d, (6, 4)),
         (cybn.LazyBatchNorm1d, cybn.BatchNorm1d, (6, 4, 3)),

@@ -5,9 +5,9 @@ forward's; failures change nothing. SyncBatchNorm: tests/mpi/test_sync_mpi.py.""
 
 import numpy as np
 import pytest
+from _reference import batch_stats
 
 import cybn
-from _reference import batch_stats
 
 
 def _data(rng, shape):
@@ -89,10 +89,9 @@ def test_float32_module_several_modules_and_lazy(rng):
 def test_exception_in_block_changes_nothing(rng):
     m = cybn.BatchNorm1d(3)
     before = {k: v.copy() for k, v in m.state_dict().items()}
-    with pytest.raises(KeyError):
-        with cybn.population_stats(m):
-            m(rng.normal(size=(8, 3)).astype(np.float32))
-            raise KeyError("stop")
+    with pytest.raises(KeyError), cybn.population_stats(m):
+        m(rng.normal(size=(8, 3)).astype(np.float32))
+        raise KeyError("stop")
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
     m(rng.normal(size=(8, 3)).astype(np.float32))   # the module is usable afterwards

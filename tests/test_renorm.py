@@ -9,8 +9,6 @@ float64).
 
 import numpy as np
 import pytest
-
-import cybn
 from _reference import (
     assert_close,
     batch_stats,
@@ -20,6 +18,8 @@ from _reference import (
     renorm_forward,
     update_running,
 )
+
+import cybn
 
 SHAPES = [(16, 5), (8, 3, 7), (4, 3, 2, 5)]
 MODULES = {2: cybn.BatchNorm1d, 3: cybn.BatchNorm1d, 4: cybn.BatchNorm2d}
@@ -160,19 +160,19 @@ def test_channels_last(rng):
     m.axis = -1
     xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
     rm0, rv0 = m.running_mean.copy(), m.running_var.copy()
-    y_ref, r, d, *_ = renorm_forward(x, rm0, rv0, m.weight, m.bias, m.eps, 1.5, 0.5)
+    y_ref, _r, _d, *_ = renorm_forward(x, rm0, rv0, m.weight, m.bias, m.eps, 1.5, 0.5)
     assert_close(np.moveaxis(m(xl), -1, 1), y_ref)
 
 
 @pytest.mark.parametrize("kw, exc, msg", [
-    (dict(renorm=True, track_running_stats=False), ValueError,
+    ({"renorm": True, "track_running_stats": False}, ValueError,
      "renorm=True needs the running statistics"),
-    (dict(renorm=1), TypeError, "renorm must be a bool, got int"),
-    (dict(renorm=True, rmax=0.5), ValueError, "rmax must be >= 1 (inf: no clipping), got 0.5"),
-    (dict(renorm=True, rmax=float("nan")), ValueError, "rmax must be >= 1"),
-    (dict(renorm=True, dmax=-1.0), ValueError, "dmax must be >= 0 (inf: no clipping), got -1.0"),
-    (dict(renorm=True, dmax="1"), TypeError, "dmax must be a real number, got str"),
-    (dict(renorm=True, virtual_batch_size=4), ValueError,
+    ({"renorm": 1}, TypeError, "renorm must be a bool, got int"),
+    ({"renorm": True, "rmax": 0.5}, ValueError, "rmax must be >= 1 (inf: no clipping), got 0.5"),
+    ({"renorm": True, "rmax": float("nan")}, ValueError, "rmax must be >= 1"),
+    ({"renorm": True, "dmax": -1.0}, ValueError, "dmax must be >= 0 (inf: no clipping), got -1.0"),
+    ({"renorm": True, "dmax": "1"}, TypeError, "dmax must be a real number, got str"),
+    ({"renorm": True, "virtual_batch_size": 4}, ValueError,
      "renorm=True and virtual_batch_size cannot be combined"),
 ])
 def test_constructor_errors(kw, exc, msg):
