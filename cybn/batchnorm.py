@@ -78,7 +78,7 @@ class _BatchNorm:
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, bias=True, dtype=np.float32, axis=1,
-                 check_finite=False, n_threads=None):
+                 check_finite=False, n_threads=None, activation=None):
         if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
             raise TypeError(
                 f"num_features must be an int, got {type(num_features).__name__}")
@@ -99,6 +99,7 @@ class _BatchNorm:
             _check_count(n_threads)
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
             raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+        F._check_activation(activation)
         self.num_features = int(num_features)
         self.eps = eps
         self.momentum = momentum
@@ -108,6 +109,7 @@ class _BatchNorm:
         self.axis = int(axis)
         self.check_finite = bool(check_finite)
         self.n_threads = n_threads
+        self.activation = activation
         self.training = True
         C = self.num_features
         self.weight = np.ones(C, dtype=dt) if self.affine else None
@@ -120,6 +122,7 @@ class _BatchNorm:
             self.running_mean = self.running_var = self.num_batches_tracked = None
         self.grad_weight = None
         self.grad_bias = None
+        self.grad_residual = None
         self._cache = None
         self.reset_parameters()
 
@@ -276,7 +279,8 @@ class _BatchNorm:
         -------
         str
             ``"C, eps=..., momentum=..., affine=..., bias=..., track_running_stats=..."`` as
-            torch prints it, then cybn's own ``axis`` and ``check_finite`` when not default.
+            torch prints it, then cybn's own ``axis``, ``check_finite`` and
+            ``activation`` when not default.
         """
         s = (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
              f"affine={self.affine}, bias={self.bias is not None}, "
@@ -286,6 +290,8 @@ class _BatchNorm:
             s += f", axis={self.axis}"
         if self.check_finite:
             s += ", check_finite=True"
+        if self.activation is not None:
+            s += f", activation={self.activation!r}"
         return s
 
     def __repr__(self):
@@ -296,16 +302,23 @@ class _BatchNorm:
     def _check_input_dim(self, input):
         F._check_ndim(input, self._expected_ndims)
 
-    def __call__(self, input, *, out=None):
-        return self.forward(input, out=out)
+    def __call__(self, input, residual=None, *, out=None):
+        if residual is None:
+            return self.forward(input, out=out)
+        return self.forward(input, residual, out=out)
 
-    def forward(self, input, *, out=None):
+    def forward(self, input, residual=None, *, out=None):
         """Normalize a batch; see the class docstring for shapes, modes and errors.
 
         Parameters
         ----------
         input : ndarray, float16/32/64
             The batch, of the module's dimensionality, channels on ``axis``.
+        residual : ndarray or None
+            With ``activation="relu"``: added before the ReLU, ``relu(bn(input) +
+            residual)`` (the input's shape and dtype, not overlapping ``out``). Kept by
+            reference for :meth:`backward`, like the input: modifying it in place before
+            ``backward`` changes the gradients.
         out : ndarray or None, keyword-only
             Where to write the output instead of a new array, e.g. a buffer a training
             loop reuses: the input's shape and dtype, contiguous in the same axis order
@@ -321,11 +334,13 @@ class _BatchNorm:
         TypeError, ValueError
             As described in the class docstring; also for an ``out`` of the wrong type,
             dtype, shape or layout, read-only, or overlapping ``input`` (the messages of
-            :func:`cybn.functional.batch_norm_forward`).
+            :func:`cybn.functional.batch_norm_forward`); for a ``residual`` that is not
+            an array of the input's dtype and shape, overlaps ``out``, or is given to a
+            module without an activation.
         """
-        return self._forward(input, out=out)
+        return self._forward(input, out=out, residual=residual)
 
-    def _forward(self, input, out=None, reduce=None):
+    def _forward(self, input, out=None, reduce=None, residual=None):
         # The module's part of a forward: its state in, num_batches_tracked and the
         # backward's cache out. Validation, the choice of statistics, the momentum factor
         # and the running-statistics update are cybn.functional's, as in torch's
@@ -334,7 +349,8 @@ class _BatchNorm:
             input, self.weight, self.bias, self.running_mean, self.running_var,
             self.training, self.momentum, self.eps, self.axis, out=out,
             n_threads=self.n_threads, module=self,
-            check_finite=self.check_finite and self.training, reduce=reduce)
+            check_finite=self.check_finite and self.training, reduce=reduce,
+            activation=self.activation, residual=residual)
         if updated:
             nbt = self.num_batches_tracked
             nbt[()] = int(nbt) + 1
@@ -356,7 +372,10 @@ class _BatchNorm:
         -------
         grad_input : ndarray, same shape and dtype as the last input (``out`` when given)
             Also sets ``grad_weight`` and ``grad_bias`` (module dtype; None when the
-            module has no such parameter), overwriting earlier values.
+            module has no such parameter), overwriting earlier values, and
+            ``grad_residual`` (the input's shape and dtype: the gradient reaching the
+            residual, ``grad_output`` masked by the ReLU) when the forward had a
+            residual, else None. Only grad_input is returned.
 
         Raises
         ------
@@ -373,6 +392,9 @@ class _BatchNorm:
         statistics these are constants: ``grad_input = grad_output * weight * invstd``.
         The input of the forward is kept by reference, not copied: modifying it in place
         before ``backward`` changes the gradients (PyTorch would raise instead).
+        With ``activation="relu"`` the ReLU's mask is recomputed from the input (and the
+        residual), the saved statistics, ``weight`` and ``bias``, bit for bit as the
+        forward decided it; this holds while they are unchanged between the two calls.
         """
         return self._backward(grad_output, out=out)
 
@@ -381,15 +403,16 @@ class _BatchNorm:
         if cache is None:
             raise RuntimeError(
                 "backward() called before forward(): there is no batch to differentiate")
-        grad_input, grad_weight, grad_bias = F._backward(
+        grads = F._backward(
             grad_output, cache.saved, self.weight, cache.stats, cache.training,
             self.weight is not None, self.bias is not None, self.dtype, self.n_threads,
             out=out, weight_name="self.weight",
             shape_of="the shape of the last forward's input", reduce=reduce,
-            count=cache.count)
-        self.grad_weight = grad_weight
-        self.grad_bias = grad_bias
-        return grad_input
+            count=cache.count, bias=self.bias, bias_name="self.bias")
+        self.grad_weight = grads[1]
+        self.grad_bias = grads[2]
+        self.grad_residual = grads[3] if len(grads) > 3 else None
+        return grads[0]
 
 
 class BatchNorm1d(_BatchNorm):
@@ -434,6 +457,11 @@ class BatchNorm1d(_BatchNorm):
     n_threads : int or None
         OpenMP threads for this module's calls; None follows :func:`cybn.set_num_threads`
         and ``OMP_NUM_THREADS``.
+    activation : None or "relu", default None (keyword-only)
+        Fuse a ReLU after the normalisation, ``relu(y)``, or ``relu(y + residual)`` when
+        ``forward`` gets a residual (oneDNN's ``fuse_norm_relu`` / ``fuse_norm_add_relu``,
+        MXNet's ``BatchNormWithReLU``), in the normalisation's pass and with a backward
+        that recomputes the mask instead of storing it; in training and evaluation.
 
     Attributes
     ----------
@@ -442,6 +470,8 @@ class BatchNorm1d(_BatchNorm):
     num_batches_tracked : ndarray of shape (), int64, or None
     grad_weight, grad_bias : ndarray of shape (C,) or None
         Set by :meth:`backward`.
+    grad_residual : ndarray or None
+        Set by :meth:`backward` after a forward with a residual.
     training : bool
 
     Raises

@@ -181,6 +181,45 @@ def _check_training(training):
     raise TypeError(f"training must be a bool, got {type(training).__name__}")
 
 
+_ACTIVATIONS = {None: 0, "relu": 1}  # the kernels' codes (ACT_NONE, ACT_RELU)
+
+
+def _check_activation(activation):
+    """None or "relu" -> the kernels' activation code, else TypeError/ValueError."""
+    code = _ACTIVATIONS.get(activation) if (activation is None or type(activation) is str) \
+        else None
+    if code is not None:
+        return code
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be None or 'relu', got "
+                        f"{type(activation).__name__}")
+    raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+
+
+def _check_residual(residual, input, act, *others):
+    """Check a residual (added before the activation): a NumPy array of the input's
+    shape and dtype, with an activation, not overlapping any of ``others`` (``out``)."""
+    if residual is None:
+        return
+    if not isinstance(residual, np.ndarray) or isinstance(residual, (np.matrix,
+                                                                     np.ma.MaskedArray)):
+        raise TypeError(f"residual must be a NumPy array or None, got "
+                        f"{type(residual).__module__}.{type(residual).__qualname__}")
+    if residual.dtype != input.dtype:
+        raise TypeError(f"residual must have the input's dtype {input.dtype}, got "
+                        f"{residual.dtype}")
+    if residual.shape != input.shape:
+        raise ValueError(f"residual must have the input's shape {input.shape}, got "
+                         f"{residual.shape}")
+    if not act:
+        raise ValueError("residual is added before the activation: it needs "
+                         "activation='relu', got activation=None")
+    for name, a in others:
+        if a is not None and np.may_share_memory(a, residual):
+            raise ValueError(f"{name} must not overlap residual (the backward reads the "
+                             "residual again)")
+
+
 def _check_writeable(a, name):
     if not a.flags.writeable:
         raise ValueError(f"{name} is updated in place and must be writeable, "
@@ -284,13 +323,15 @@ class _SavedInput:
     input-sized array.
     """
 
-    __slots__ = ("axis", "input", "view", "xdt")
+    __slots__ = ("act", "axis", "input", "residual", "view", "xdt")
 
-    def __init__(self, input, view, xdt, axis):
+    def __init__(self, input, view, xdt, axis, act=0, residual=None):
         self.input = input
         self.view = None if (view.copied or input.dtype != xdt) else view
         self.xdt = xdt
         self.axis = axis
+        self.act = act                # the fused activation's kernel code (0: none)
+        self.residual = residual      # the residual added before it, by reference
 
     def ncl(self):
         if self.view is not None:
@@ -320,7 +361,8 @@ def _check_num_features(module, input, axis, C):
 
 def _forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
              axis=1, *, out=None, n_threads=None, module=None, unbiased=True,
-             check_finite=False, legacy=False, keep=True, reduce=None):
+             check_finite=False, legacy=False, keep=True, reduce=None, activation=None,
+             residual=None):
     """Validate a forward call once, run it; return (output, stats, saved, count, updated).
 
     The checks, in this order (the first failure raises; nothing has changed then):
@@ -352,6 +394,11 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
     ``reduce(count, mean, m2)`` (SyncBatchNorm, training) receives this call's per-channel
     count, mean and M2 = sum((x - mean)^2) and returns the global (count, mean, M2); it
     checks what only it can (one value per channel over all ranks, finiteness).
+
+    ``activation`` ("relu") and ``residual`` (an array like the input, added before it):
+    the fused batch norm + ReLU, checked last (:func:`_check_activation`,
+    :func:`_check_residual`); not with ``reduce``. ``saved`` then holds both, the residual
+    by reference, for the backward's mask.
     """
     # -- validation (cheap checks first; each check's common case costs one comparison)
     xdt = _check_input(input)
@@ -403,6 +450,13 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
         _check_momentum(momentum, finite=False)  # unused, but a wrong type is a mistake
     if type(eps) is not float or not eps > 0:
         eps = _check_eps(eps, batch_stats and not legacy)
+    act = 0
+    if activation is not None or residual is not None:
+        act = _check_activation(activation)
+        _check_residual(residual, input, act, ("out", out))
+        if reduce is not None:
+            raise ValueError("activation and residual are not supported with a "
+                             "cross-process reduction (SyncBatchNorm)")
 
     # -- resolution: compute dtype, (A, C, B) view, output buffer, kernel parameters
     x = input if input.dtype is xdt else input.astype(xdt)
@@ -415,6 +469,9 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
     else:
         out3, res = _prepare_out(out, input.shape, input.dtype, view, xdt, (input,))
     nt = effective_n_threads(n_threads)
+    r3 = None
+    if residual is not None:
+        r3 = view.adopt(residual if residual.dtype is xdt else residual.astype(xdt))
     if not update:
         rm_k = rv_k = None
     else:
@@ -424,7 +481,7 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
     # -- the kernels
     if not batch_stats:
         stats = np.empty((2, C)) if keep else None
-        _FORWARD_INFERENCE[xdt, pdt](view.data, w, b, rm, rv, eps, out3, stats, nt)
+        _FORWARD_INFERENCE[xdt, pdt](view.data, w, b, rm, rv, eps, out3, stats, nt, act, r3)
     elif reduce is not None:
         stats, count = _reduced_stats(view.data, xdt, count, eps, nt, reduce)
         if count > 0:
@@ -444,7 +501,7 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
         # count > 1 here: one value per channel is rejected before any work in training
         var_scale = count / (count - 1) if unbiased else 1.0
         bad = _FORWARD_TRAINING[xdt, pdt](view.data, w, b, rm_k, rv_k, eps, factor,
-                                          var_scale, out3, stats, check_finite, nt)
+                                          var_scale, out3, stats, check_finite, nt, act, r3)
         if bad:
             channels = np.flatnonzero(~np.isfinite(stats[0]) | ~np.isfinite(stats[2]))
             err = ValueError(
@@ -458,7 +515,7 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
             running_mean[...] = rm
         if rv is not running_var:
             running_var[...] = rv
-    saved = _SavedInput(input, view, xdt, axis) if keep else None
+    saved = _SavedInput(input, view, xdt, axis, act, residual) if keep else None
     if out is not None or input.dtype is not xdt:
         res = _deliver(res, out, input.dtype)
     return res, stats, saved, count, update and count > 0
@@ -489,7 +546,7 @@ def _empty_batch_stats(C, eps):
 
 def _backward(grad_output, saved, weight, stats, training, need_weight, need_bias, gdt,
               n_threads, *, out=None, weight_name="weight", shape_of="the input's shape",
-              reduce=None, count=None):
+              reduce=None, count=None, bias=None, bias_name="bias"):
     """Validate and run a backward for the forward's input ``saved`` (a _SavedInput).
 
     Checks ``grad_output`` (type, then the input's shape; ``shape_of`` words the
@@ -500,6 +557,9 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
     parameters are in ``gdt`` (default: weight's compute dtype, else the input's).
     ``reduce(sum_dy, sum_dy_xmu)`` (SyncBatchNorm, after a training forward; ``count``
     is then the global count) returns the global per-channel sums.
+    After a forward with an activation (``saved.act``), ``bias`` (named ``bias_name``) is
+    the forward's, which the ReLU's mask is recomputed with, and with a residual
+    (``saved.residual``) grad_residual is returned fourth.
     """
     _check_input(grad_output, "grad_output")
     shape = saved.input.shape
@@ -507,6 +567,9 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
         raise ValueError(f"grad_output must have {shape_of} {shape}, got {grad_output.shape}")
     C = stats[0].shape[0]
     _check_channels(weight, weight_name, C, saved.axis)
+    act = saved.act
+    if act:
+        _check_channels(bias, bias_name, C, saved.axis)
     view = saved.ncl()
     xdt = saved.xdt
     dtype = saved.input.dtype
@@ -515,13 +578,24 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
     dy3 = view.adopt(dy)
     pdt = _compute_dtype(weight.dtype) if weight is not None else (gdt if gdt in _CNAME else xdt)
     w = _as_param(weight, pdt)
-    gi3, res = _prepare_out(out, shape, dtype, view, xdt, (grad_output, saved.input))
+    residual = saved.residual
+    others = (grad_output, saved.input) if residual is None else (grad_output, saved.input,
+                                                                  residual)
+    gi3, res = _prepare_out(out, shape, dtype, view, xdt, others)
     nt = effective_n_threads(n_threads)
     if reduce is None:
         gw = np.empty(C, dtype=pdt) if need_weight else None
         gb = np.empty(C, dtype=pdt) if need_bias else None
         kernel = _BACKWARD_TRAINING if training else _BACKWARD_INFERENCE
-        kernel[xdt, pdt](dy3, x3, w, stats[0], stats[1], gi3, gw, gb, nt)
+        if not act:
+            kernel[xdt, pdt](dy3, x3, w, stats[0], stats[1], gi3, gw, gb, nt)
+        else:
+            r3 = gr3 = None
+            if residual is not None:
+                r3 = view.adopt(residual if residual.dtype == xdt else residual.astype(xdt))
+                gr3, gres = view.empty_like()
+            kernel[xdt, pdt](dy3, x3, w, stats[0], stats[1], gi3, gw, gb, nt, act,
+                             _as_param(bias, pdt), r3, gr3)
     else:
         mean, invstd = stats[0], stats[1]
         sums = np.empty((2, C))
@@ -537,6 +611,8 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
     if gdt is not None and gdt != pdt:
         gw = None if gw is None else gw.astype(gdt)
         gb = None if gb is None else gb.astype(gdt)
+    if act and residual is not None:
+        return _deliver(res, out, dtype), gw, gb, _deliver(gres, None, dtype)
     return _deliver(res, out, dtype), gw, gb
 
 
@@ -544,7 +620,8 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
 # public functions
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, axis=1, n_threads=None):
+               momentum=0.1, eps=1e-5, *, axis=1, n_threads=None, activation=None,
+               residual=None):
     r"""Batch normalization over axis 1, ``torch.nn.functional.batch_norm``'s contract.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot w + b
@@ -575,6 +652,14 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         (N, ..., C) data in place of a transpose, without a copy.
     n_threads : int or None
         OpenMP threads; see :func:`cybn.set_num_threads`.
+    activation : None or "relu", keyword-only
+        Fuse a ReLU after the normalisation: ``relu(y)`` in the same pass, with no
+        intermediate array (oneDNN's ``fuse_norm_relu``, MXNet's ``BatchNormWithReLU``).
+    residual : ndarray or None, keyword-only
+        With ``activation="relu"``: ``relu(y + residual)`` (oneDNN's
+        ``fuse_norm_add_relu``), ``y`` rounded to the input's dtype and the sum formed in
+        it, as ``F.relu(F.batch_norm(x, ...) + residual)`` computes. The input's shape and
+        dtype; never modified.
 
     Returns
     -------
@@ -592,19 +677,27 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         elements, only one running statistic is given in training, running statistics are
         missing in evaluation, there is one value per channel in training, ``eps`` is out
         of range, or ``momentum`` is not finite.
+        For ``activation`` other than None/"relu" (TypeError for a non-str), or a
+        ``residual`` that is not a NumPy array of the input's dtype (TypeError) and shape,
+        is given without ``activation="relu"``, or overlaps ``out`` (ValueError).
     """
     return _forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
-                    axis, n_threads=n_threads, keep=False)[0]
+                    axis, n_threads=n_threads, keep=False, activation=activation,
+                    residual=residual)[0]
 
 
 def batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum,
-                       eps, *, out=None, axis=1, n_threads=None):
+                       eps, *, out=None, axis=1, n_threads=None, activation=None,
+                       residual=None):
     """Batch-norm forward returning the statistics backward needs (``native_batch_norm``).
 
     Parameters
     ----------
     input, weight, bias, running_mean, running_var, training, momentum, eps, axis, n_threads
         As in :func:`batch_norm`.
+    activation, residual
+        As in :func:`batch_norm`; pass the same ``activation``, ``residual`` and ``bias``
+        to :func:`batch_norm_backward`.
     out : ndarray or None
         Where to write the output: same shape, dtype and memory layout as ``input``, not
         overlapping it.
@@ -625,7 +718,7 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
     """
     output, stats, _, _, _ = _forward(
         input, weight, bias, running_mean, running_var, training, momentum, eps, axis,
-        out=out, n_threads=n_threads, keep=False)
+        out=out, n_threads=n_threads, keep=False, activation=activation, residual=residual)
     if stats is None or stats.shape[0] != 3:  # evaluation: nothing for the backward
         return output, _EMPTY, _EMPTY
     return output, stats[0], stats[1]
@@ -633,7 +726,7 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
 
 def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, training=True,
                         running_mean=None, running_var=None, eps=1e-5, out=None, axis=1,
-                        n_threads=None):
+                        n_threads=None, activation=None, residual=None, bias=None):
     r"""Gradients of batch norm (``native_batch_norm_backward``).
 
     With :math:`\hat x = (x - \mu)\,\sigma^{-1}` and sums over every axis but axis 1
@@ -668,19 +761,42 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         The channel axis, as in the forward.
     n_threads : int or None
         OpenMP threads.
+    activation : None or "relu", keyword-only
+        The forward's activation. With "relu", ``grad_output`` is first masked by the
+        forward's ReLU, ``dz = grad_output`` where the forward's output is > 0, else 0
+        (``torch.relu``'s backward; a NaN output passes the gradient, as torch's
+        ``threshold_backward``), and the batch-norm gradients are those of ``dz``. The mask
+        is recomputed from ``input``, the statistics, ``weight``, ``bias`` and
+        ``residual`` with the forward's own arithmetic (the same decision bit for bit,
+        nothing stored), so they must be the forward's, unchanged: modifying any of them
+        in between changes the gradient.
+    residual : ndarray or None, keyword-only
+        The forward's residual (input's shape and dtype); needs ``activation="relu"``.
+    bias : ndarray of shape (C,) or None, keyword-only
+        The forward's bias (0 when None); read only with an activation. With per-channel
+        arrays of mixed dtypes pass them as the forward resolved them (the first given of
+        running_mean, running_var, weight, bias sets the dtype), else a value at the
+        threshold may be decided differently.
 
     Returns
     -------
     grad_input : ndarray, same shape and dtype as ``input``
     grad_weight, grad_bias : ndarray of shape (C,)
         In ``weight``'s dtype, or the input's compute dtype when ``weight`` is None.
+    grad_residual : ndarray, same shape and dtype as ``input``
+        Only when ``residual`` is given (then four arrays are returned): ``dz``, the
+        gradient reaching the residual through the add.
 
     Raises
     ------
     TypeError
-        If an array is not a float16/32/64 NumPy array, or ``training`` is not a bool.
+        If an array is not a float16/32/64 NumPy array, ``training`` is not a bool,
+        ``activation`` is not None or a str, or ``residual`` has another dtype than
+        ``input``.
     ValueError
-        If shapes disagree, or statistics needed by the chosen formula are missing.
+        If shapes disagree, statistics needed by the chosen formula are missing,
+        ``activation`` is not None/"relu", ``residual`` is given without an activation
+        or overlaps ``out``.
     """
     xdt = _check_input(input)
     if input.ndim < 2:
@@ -704,8 +820,12 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         eps = _check_eps(eps, False)
         stats = (running_mean.astype(np.float64),
                  1.0 / np.sqrt(running_var.astype(np.float64) + eps))
+    act = 0
+    if activation is not None or residual is not None:
+        act = _check_activation(activation)
+        _check_residual(residual, input, act, ("out", out))
     x = input if input.dtype == xdt else input.astype(xdt)
-    saved = _SavedInput(input, as_ncl(x, axis), xdt, axis)
+    saved = _SavedInput(input, as_ncl(x, axis), xdt, axis, act, residual)
     gdt = weight.dtype if weight is not None else xdt
     return _backward(grad_output, saved, weight, stats, training, True, True, gdt, n_threads,
-                     out=out)
+                     out=out, bias=bias)
