@@ -623,6 +623,8 @@ cdef struct _NormAddRelu:   # relu(norm(x) + r), r through dy
     char unused
 cdef struct _ReluGrad:      # 0 where y <= 0 else dy, y (the forward's output) through x
     char unused             # (torch's threshold_backward: NaN output passes dy)
+cdef struct _NormReluMask:  # 0 where norm(x) <= 0 else dy: _NormRelu's y <= 0 exactly
+    char unused             # when its argument is, so _ReluGrad of it in one pass
 
 ctypedef fused map_t:
     _Norm
@@ -631,6 +633,7 @@ ctypedef fused map_t:
     _NormRelu
     _NormAddRelu
     _ReluGrad
+    _NormReluMask
 
 
 cdef inline floating _relu(floating v) noexcept nogil:
@@ -650,8 +653,10 @@ cdef inline floating _elem(map_t* op, const floating* x, const floating* dy, prm
         return _relu(<floating>(((x[0] - k0) - k1) * k2 + k3))
     elif map_t is _NormAddRelu:
         return _relu(<floating>(<floating>(((x[0] - k0) - k1) * k2 + k3) + dy[0]))
-    else:
+    elif map_t is _ReluGrad:
         return <floating>0 if x[0] <= 0 else dy[0]
+    else:
+        return <floating>0 if <floating>(((x[0] - k0) - k1) * k2 + k3) <= 0 else dy[0]
 
 
 cdef void _map_tile(map_t* op, const floating* x, const floating* dy, floating* out,
@@ -844,14 +849,27 @@ cdef void _norm_job_tile(const floating* x, const _Job* j, const _Tile* tl,
 
 cdef void _relu_dz(const floating* x, const _Job* j, const _Tile* tl) noexcept nogil:
     """dz = grad_output where the forward's output is > 0, else 0 (torch's relu backward),
-    into j.dz over a tile: the output is first recomputed into dz by the forward's own
-    element and constants, so the mask is the forward's decision bit for bit, then masks
-    grad_output in place while the tile is in cache. No array beyond the outputs."""
+    into j.dz over a tile, the forward's output recomputed by the forward's own expression
+    and constants, so the mask is the forward's decision bit for bit. Without a residual
+    in one pass (_NormReluMask); with one, the output is first written into dz
+    (_NormAddRelu, needing x and the residual), then masks grad_output in place while the
+    tile is in cache. No array beyond the outputs."""
     cdef floating* dz = <floating*>j.dz
+    cdef const floating* dy = <const floating*>j.dy
     cdef _ReluGrad grad
+    cdef _NormReluMask mask
+    cdef Py_ssize_t C = j.p.C
+    cdef const floating* kf = <const floating*>j.prm + tl.c0
+    cdef const double* kd = <const double*>j.prm + tl.c0
+    if j.res == NULL:
+        if j.prm_double:
+            _map_tile(&mask, x, dy, dz, j.p, tl, kd, kd + C, kd + 2 * C, kd + 3 * C)
+        else:
+            _map_tile(&mask, x, dy, dz, j.p, tl, kf, kf + C, kf + 2 * C, kf + 3 * C)
+        return
     _norm_job_tile(x, j, tl, dz)
-    _map_tile(&grad, dz, <const floating*>j.dy, dz, j.p, tl, <const double*>NULL,
-              <const double*>NULL, <const double*>NULL, <const double*>NULL)
+    _map_tile(&grad, dz, dy, dz, j.p, tl, <const double*>NULL, <const double*>NULL,
+              <const double*>NULL, <const double*>NULL)
 
 
 cdef void _slab_forward(const floating* x, const _Job* j, Py_ssize_t c) noexcept nogil:
