@@ -643,6 +643,7 @@ cdef inline floating _relu(floating v) noexcept nogil:
 
 cdef inline floating _elem(map_t* op, const floating* x, const floating* dy, prm_t k0,
                            prm_t k1, prm_t k2, prm_t k3) noexcept nogil:
+    cdef floating g
     if map_t is _Norm:
         return <floating>(((x[0] - k0) - k1) * k2 + k3)
     elif map_t is _GradX:
@@ -654,9 +655,11 @@ cdef inline floating _elem(map_t* op, const floating* x, const floating* dy, prm
     elif map_t is _NormAddRelu:
         return _relu(<floating>(<floating>(((x[0] - k0) - k1) * k2 + k3) + dy[0]))
     elif map_t is _ReluGrad:
-        return <floating>0 if x[0] <= 0 else dy[0]
+        g = dy[0]  # loaded unconditionally: a load under the condition blocks vectorising
+        return <floating>0 if x[0] <= 0 else g
     else:
-        return <floating>0 if <floating>(((x[0] - k0) - k1) * k2 + k3) <= 0 else dy[0]
+        g = dy[0]
+        return <floating>0 if <floating>(((x[0] - k0) - k1) * k2 + k3) <= 0 else g
 
 
 cdef void _map_tile(map_t* op, const floating* x, const floating* dy, floating* out,
