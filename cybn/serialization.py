@@ -65,10 +65,17 @@ def save(module, path):
     ------
     TypeError
         If ``module`` is not one of the supported classes.
+    ValueError
+        If ``module`` has an ``activation`` (not recorded by the format yet).
     """
     name = type(module).__name__
     if _CLASSES.get(name) is not type(module):
         raise TypeError(f"save() supports {sorted(_CLASSES)}, got {name}")
+    if getattr(module, "activation", None) is not None:
+        # the file format has no entry for it: refuse rather than load back without it
+        raise ValueError(f"save() does not record activation={module.activation!r} yet; "
+                         "save a module without activation (the state is the same) and "
+                         "pass activation= when constructing it again")
     meta = {
         "__cybn_format__": np.array(_FORMAT),
         "__class__": np.array(name),

@@ -103,6 +103,7 @@ C, MF, BW, SD, FF, FB, CO = (
     "Constructing a module", "Module forward", "Module backward", "load_state_dict",
     "functional.batch_norm_forward / batch_norm", "functional.batch_norm_backward",
     "compat (cs231n)")
+AD = "fold, save, SyncBatchNorm.from_module"
 
 T, V, R = TypeError, ValueError, RuntimeError
 ARR = "input must be a NumPy array of float16, float32 or float64, got "
@@ -658,6 +659,20 @@ ROWS = [
         "F.batch_norm_backward(g, x, w, sm, si, activation='relu', residual=r, bias=b, "
         "out=r)", V, "out must not overlap residual (the backward reads the residual again)",
         setup="r = x.copy()"),
+    Row("fold-activation", AD, "folding a module with a fused ReLU",
+        "cybn.fold_linear(np.ones((3, 2)), None, mr)", V,
+        "cannot fold a batch norm with activation='relu': the ReLU after it is not affine "
+        "(fold a module without activation and apply the ReLU after the folded layer)",
+        setup="mr = cybn.BatchNorm1d(3, activation='relu').eval()"),
+    Row("save-activation", AD, "saving a module with a fused ReLU",
+        "cybn.save(mr, 'unused.npz')", V,
+        "save() does not record activation='relu' yet; save a module without activation "
+        "(the state is the same) and pass activation= when constructing it again",
+        setup="mr = cybn.BatchNorm1d(3, activation='relu')"),
+    Row("sync-activation", AD, "SyncBatchNorm from a module with a fused ReLU",
+        "cybn.SyncBatchNorm.from_module(mr)", V,
+        "SyncBatchNorm does not fuse an activation, got a module with activation='relu'",
+        setup="mr = cybn.BatchNorm1d(3, activation='relu')"),
 ]
 
-GROUPS = [C, MF, BW, SD, FF, FB, CO]
+GROUPS = [C, MF, BW, SD, FF, FB, CO, AD]

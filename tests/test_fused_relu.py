@@ -404,3 +404,14 @@ def test_nan_output_passes_gradient_like_torch():
 def test_bcast_helper_is_the_references():
     # the oracle above uses tests/_reference.py's own broadcasting helper
     assert bcast(np.arange(3.0), 3).shape == (1, 3, 1)
+
+
+def test_adapters_refuse_an_activation():
+    """What cannot carry the activation refuses a module with one instead of dropping it."""
+    m = cybn.BatchNorm1d(3, activation="relu").eval()
+    with pytest.raises(ValueError, match="cannot fold a batch norm with activation='relu'"):
+        cybn.fold_linear(np.ones((3, 2)), None, m)
+    with pytest.raises(ValueError, match="does not record activation='relu'"):
+        cybn.save(m, "unused.npz")
+    with pytest.raises(ValueError, match="SyncBatchNorm does not fuse an activation"):
+        cybn.SyncBatchNorm.from_module(m)
