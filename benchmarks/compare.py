@@ -1341,7 +1341,7 @@ def _fused_candidates(x, w, b, r, dy, threads, use_torch):
     def bn_fwd():
         return F.batch_norm_forward(x, w, b, None, None, True, MOMENTUM, EPS, n_threads=nt)
 
-    y, m, s = bn_fwd()
+    _, m, s = bn_fwd()
 
     def bn_bwd():
         return F.batch_norm_backward(dy, x, w, m, s, n_threads=nt)
@@ -1405,11 +1405,11 @@ def run_fused(args):
     profile = PROFILES["quick" if args.quick else "full"]
     rng = np.random.default_rng(SEED)
     lines = ["# cybn: batch norm fused with ReLU", "",
-             "Medians side by side in one process, ratios of medians (lower is better); "
-             "targets: fused ÷ BN ≤ 1.15 (forward, backward), fused fwd+bwd ÷ (BN + NumPy "
-             "ReLU) ≤ 0.7, ÷ torch ≤ 0.4.", "",
-             "| shape | dtype | MiB | threads | residual | schedule | fwd ÷ BN | bwd ÷ BN "
-             "| fwd+bwd ÷ (BN + NumPy) | fwd+bwd ÷ torch | fused fwd+bwd |",
+             ("Medians side by side in one process, ratios of medians (lower is better); "
+              "targets: fused ÷ BN ≤ 1.15 (forward, backward), fused fwd+bwd ÷ (BN + NumPy "
+              "ReLU) ≤ 0.7, ÷ torch ≤ 0.4."), "",
+             ("| shape | dtype | MiB | threads | residual | schedule | fwd ÷ BN | bwd ÷ BN "
+              "| fwd+bwd ÷ (BN + NumPy) | fwd+bwd ÷ torch | fused fwd+bwd |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     from cybn._backend import kernels
     failed = False
@@ -1449,9 +1449,9 @@ def run_fused(args):
                         f"{'yes' if res is not None else 'no'} | {sched} | "
                         + " | ".join(cells) + f" | {_fmt_time(med['fused_fwd_bwd'])} |")
                     print(lines[-1], file=sys.stderr)
-    lines += ["", f"cybn kernels: {kernels.__name__}; load average {_loadavg()}; ✗: over "
-              "the target (the targets are for the ReLU without residual: a residual adds "
-              "one read to the forward and a read and a write to the backward)."]
+    lines += ["", (f"cybn kernels: {kernels.__name__}; load average {_loadavg()}; ✗: over "
+                   "the target (the targets are for the ReLU without residual: a residual "
+                   "adds one read to the forward and a read and a write to the backward).")]
     report = "\n".join(lines)
     print(report)
     if args.out:

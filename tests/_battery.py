@@ -122,7 +122,7 @@ def fused_results(F, shapes=FUSED_SHAPES, seed=20261208):
                             g, x, w, None, None, training=False, running_mean=rm,
                             running_var=rv, n_threads=nt, activation="relu", residual=res,
                             bias=b)
-                        out = dict(y=y, ye=ye)
+                        out = {"y": y, "ye": ye}
                         for name, a in zip(("gi", "gw", "gb", "gr"), grads):
                             out[name] = a
                         for name, a in zip(("gie", "gwe", "gbe", "gre"), grads_e):
