@@ -672,6 +672,12 @@ def _build_parser():
                    help="do not build and time the speed-of-light loops (no compiler needed)")
     p.add_argument("--timeout", type=float, default=900.0, metavar="S",
                    help="seconds before a case's child process is killed (default 900)")
+    p.add_argument("--fused", action="store_true",
+                   help="time batch norm fused with ReLU (and residual add + ReLU) against "
+                        "cybn's batch norm alone, cybn + a NumPy ReLU, and torch "
+                        "(F.batch_norm + F.relu with autograd), side by side in one "
+                        f"process; shapes default to {_fmt_fused_shapes()}, threads to "
+                        "the usable CPUs")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
 
@@ -1160,6 +1166,8 @@ def _report(results, meta, args):
 
 def main(argv=None):
     args = _build_parser().parse_args(argv)
+    if args.fused:
+        return run_fused(args)
     # What the arguments allow is settled before anything is built or timed.
     default_cases = not (args.quick or args.shapes or args.dtypes or args.threads
                          or args.ops != list(OPS) or args.repeat or args.no_torch
@@ -1307,6 +1315,149 @@ def _write_outputs(runs, meta, args):
                    args.chart)
         print(f"compare: chart written to {args.chart}", file=sys.stderr)
     return 1 if any("error" in r for r in results) else 0
+
+
+# --- batch norm fused with ReLU (--fused) -----------------------------------------------
+# The targets of issue 14 item 5, checked against ratios of medians measured side by side
+# in one process (arrays >= 16 MiB): fused / batch norm alone <= 1.15 (forward and
+# backward); fused forward + backward / (cybn batch norm + NumPy ReLU, forward + backward)
+# <= 0.7, / torch (F.batch_norm + F.relu, autograd backward) <= 0.4.
+
+# >= 16 MiB in float32, one per schedule: columns (L = 1), runs, channel slab
+FUSED_SHAPES = ((65536, 64), (64, 256, 256), (8, 64, 8192))
+FUSED_TARGETS = {"fwd": 1.15, "bwd": 1.15, "vs_numpy": 0.7, "vs_torch": 0.4}
+
+
+def _fmt_fused_shapes():
+    return ", ".join(_fmt_shape(s) for s in FUSED_SHAPES)
+
+
+def _fused_candidates(x, w, b, r, dy, threads, use_torch):
+    """{name: callable} for one case; r: the residual or None."""
+    import cybn.functional as F
+    nt = threads
+    kw = {"residual": r} if r is not None else {}
+
+    def bn_fwd():
+        return F.batch_norm_forward(x, w, b, None, None, True, MOMENTUM, EPS, n_threads=nt)
+
+    _, m, s = bn_fwd()
+
+    def bn_bwd():
+        return F.batch_norm_backward(dy, x, w, m, s, n_threads=nt)
+
+    def fused_fwd():
+        return F.batch_norm_forward(x, w, b, None, None, True, MOMENTUM, EPS, n_threads=nt,
+                                    activation="relu", **kw)
+
+    def fused_bwd():
+        return F.batch_norm_backward(dy, x, w, m, s, n_threads=nt, activation="relu",
+                                     bias=b, **kw)
+
+    def fused_both():
+        _, fm, fs = fused_fwd()
+        return F.batch_norm_backward(dy, x, w, fm, fs, n_threads=nt, activation="relu",
+                                     bias=b, **kw)
+
+    def bn_numpy_both():  # cybn batch norm, then the activation in NumPy, and back
+        z, zm, zs = bn_fwd()
+        if r is not None:
+            z = z + r
+        a = np.maximum(z, 0)
+        gz = np.where(a > 0, dy, 0).astype(x.dtype, copy=False)
+        return a, F.batch_norm_backward(gz, x, w, zm, zs, n_threads=nt), gz
+
+    fns = {"bn_fwd": bn_fwd, "fused_fwd": fused_fwd, "bn_bwd": bn_bwd,
+           "fused_bwd": fused_bwd, "fused_fwd_bwd": fused_both,
+           "bn_numpy_fwd_bwd": bn_numpy_both}
+    if use_torch:
+        import torch
+        tx = torch.from_numpy(x).requires_grad_(True)
+        tw = torch.from_numpy(w).requires_grad_(True)
+        tb = torch.from_numpy(b).requires_grad_(True)
+        tr = torch.from_numpy(r).requires_grad_(True) if r is not None else None
+        tdy = torch.from_numpy(dy)
+
+        def torch_both():
+            z = torch.nn.functional.batch_norm(tx, None, None, tw, tb, True, MOMENTUM, EPS)
+            if tr is not None:
+                z = z + tr
+            a = torch.nn.functional.relu(z)
+            return torch.autograd.grad(a, (tx, tw, tb) if tr is None else (tx, tw, tb, tr),
+                                       tdy)
+
+        fns["torch_fwd_bwd"] = torch_both
+    return fns
+
+
+def run_fused(args):
+    """--fused: the report of the fused cases (Markdown on stdout)."""
+    shapes = args.shapes or FUSED_SHAPES
+    dtypes = args.dtypes or DEFAULT_DTYPES
+    threads = args.threads or [_usable_cpus()]
+    use_torch = not args.no_torch
+    if use_torch:
+        try:
+            import torch
+            torch.set_grad_enabled(True)
+        except ImportError:
+            use_torch = False
+    profile = PROFILES["quick" if args.quick else "full"]
+    rng = np.random.default_rng(SEED)
+    lines = ["# cybn: batch norm fused with ReLU", "",
+             ("Medians side by side in one process, ratios of medians (lower is better); "
+              "targets: fused ÷ BN ≤ 1.15 (forward, backward), fused fwd+bwd ÷ (BN + NumPy "
+              "ReLU) ≤ 0.7, ÷ torch ≤ 0.4."), "",
+             ("| shape | dtype | MiB | threads | residual | schedule | fwd ÷ BN | bwd ÷ BN "
+              "| fwd+bwd ÷ (BN + NumPy) | fwd+bwd ÷ torch | fused fwd+bwd |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    from cybn._backend import kernels
+    failed = False
+    for shape in shapes:
+        for dtype in dtypes:
+            x = rng.standard_normal(shape).astype(dtype)
+            r = rng.standard_normal(shape).astype(dtype)
+            dy = rng.standard_normal(shape).astype(dtype)
+            C = shape[1]
+            w = (1 + 0.1 * rng.standard_normal(C)).astype(dtype)
+            b = (0.1 * rng.standard_normal(C)).astype(dtype)
+            L = math.prod(shape[2:]) if len(shape) > 2 else 1
+            sched = kernels.plan_info(shape[0], C, L, x.itemsize, True)["schedule"]
+            for nt in threads:
+                if use_torch:
+                    torch.set_num_threads(nt)
+                for res in (None, r):
+                    fns = _fused_candidates(x, w, b, res, dy, nt, use_torch)
+                    gc.collect()
+                    gc.disable()
+                    try:
+                        t = _measure(fns, profile, args.repeat)
+                    finally:
+                        gc.enable()
+                    med = {k: v["median_ns"] for k, v in t.items()}
+                    ratios = [med["fused_fwd"] / med["bn_fwd"], med["fused_bwd"] / med["bn_bwd"],
+                              med["fused_fwd_bwd"] / med["bn_numpy_fwd_bwd"],
+                              med["fused_fwd_bwd"] / med["torch_fwd_bwd"]
+                              if "torch_fwd_bwd" in med else float("nan")]
+                    cells = []
+                    for key, v in zip(("fwd", "bwd", "vs_numpy", "vs_torch"), ratios):
+                        ok = not math.isfinite(v) or v <= FUSED_TARGETS[key]
+                        failed |= res is None and not ok
+                        cells.append(f"{v:.2f}" + ("" if ok else " ✗"))
+                    lines.append(
+                        f"| {_fmt_shape(shape)} | {dtype} | {x.nbytes / 2**20:.0f} | {nt} | "
+                        f"{'yes' if res is not None else 'no'} | {sched} | "
+                        + " | ".join(cells) + f" | {_fmt_time(med['fused_fwd_bwd'])} |")
+                    print(lines[-1], file=sys.stderr)
+    lines += ["", (f"cybn kernels: {kernels.__name__}; load average {_loadavg()}; ✗: over "
+                   "the target (the targets are for the ReLU without residual: a residual "
+                   "adds one read to the forward and a read and a write to the backward).")]
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(report + "\n")
+    return 0
 
 
 # --- documentation written from runs (--update-docs) -----------------------------------

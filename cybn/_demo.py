@@ -2,7 +2,9 @@
 
 It shows the build's threading setup, the classic two-row BatchNorm1d example,
 and a small plain-NumPy MLP trained on scikit-learn's handwritten digits, once
-with ``cybn.BatchNorm1d`` and once without it.
+with ``cybn.BatchNorm1d(activation="relu")`` (batch norm and ReLU fused), once
+with batch norm followed by a separate NumPy ReLU (to show the time the fusion
+saves), and once without batch norm.
 """
 
 import argparse
@@ -187,8 +189,14 @@ class _Timed:
         return grad_input
 
 
+def _fused(norm):
+    layer = getattr(norm, "layer", norm)
+    return getattr(layer, "activation", None) == "relu"
+
+
 def predict(params, norm, X):
-    """Class predictions with ``norm`` in eval mode; ``norm`` is left in train mode."""
+    """Class predictions with ``norm`` in eval mode; ``norm`` is left in train mode
+    (its ReLU, when fused, is applied again here: ReLU is idempotent)."""
     norm.eval()
     h = np.maximum(norm(linear_forward(X, params["W1"], params["b1"])), 0)
     norm.train()
@@ -203,7 +211,10 @@ def train_one(data, norm, *, epochs, seed):
     data : tuple
         ``(X_train, y_train, X_test, y_test)`` from :func:`load_data`.
     norm : cybn.BatchNorm1d or Identity
-        Layer between the first Linear and the ReLU; its parameters are trained too.
+        Layer between the first Linear and the ReLU; its parameters are trained too. A
+        module with ``activation="relu"`` applies the ReLU itself (fused, and its backward
+        takes the ReLU's gradient too); else the ReLU is a separate NumPy step, whose time
+        counts as the layer's (``norm_seconds``) when ``norm`` is a batch norm.
     epochs, seed : int
         The seed fixes the initial weights and the minibatch order, so runs
         with the same seed differ only in ``norm``.
@@ -219,6 +230,8 @@ def train_one(data, norm, *, epochs, seed):
     params = init_params(rng, X_train.shape[1], HIDDEN, 10)
     timed = _Timed(norm)
     history = {"loss": [], "acc": []}
+    fused = _fused(norm)
+    relu_timed = isinstance(norm, cybn.BatchNorm1d) and not fused
     start = time.perf_counter()
     for _ in range(epochs):
         order = rng.permutation(len(y_train))
@@ -227,14 +240,27 @@ def train_one(data, norm, *, epochs, seed):
             batch = order[i : i + BATCH_SIZE]
             x, y = X_train[batch], y_train[batch]
             z = linear_forward(x, params["W1"], params["b1"])
-            h = timed(z)
-            a = np.maximum(h, 0)
+            if fused:
+                a = timed(z)  # relu(bn(z)) in one call
+            else:
+                h = timed(z)
+                t0 = time.perf_counter()
+                a = np.maximum(h, 0)
+                if relu_timed:
+                    timed.seconds += time.perf_counter() - t0
             logits = linear_forward(a, params["W2"], params["b2"])
             loss, grad_logits = softmax_xent(logits, y)
             losses.append(loss)
 
             grad_a, grad_W2, grad_b2 = linear_backward(grad_logits, a, params["W2"])
-            grad_z = timed.backward(grad_a * (h > 0))
+            if fused:
+                grad_z = timed.backward(grad_a)  # through the ReLU and the batch norm
+            else:
+                t0 = time.perf_counter()
+                grad_h = grad_a * (h > 0)
+                if relu_timed:
+                    timed.seconds += time.perf_counter() - t0
+                grad_z = timed.backward(grad_h)
             _, grad_W1, grad_b1 = linear_backward(grad_z, x, params["W1"])
 
             grads = {"W1": grad_W1, "b1": grad_b1, "W2": grad_W2, "b2": grad_b2}
@@ -265,14 +291,21 @@ def print_table(with_bn, without_bn):
     )
 
 
-def print_timing(with_bn, without_bn):
-    """Print the wall time spent inside cybn against the runs' totals."""
+def print_timing(with_bn, without_bn, separate=None):
+    """Print the wall time spent inside cybn against the runs' totals, and what fusing
+    the ReLU into the batch norm saved against batch norm then a separate NumPy ReLU."""
     bn_s, total_s = with_bn["norm_seconds"], with_bn["total_seconds"]
     rows = [
-        ("inside cybn calls (BatchNorm1d forward + backward)", bn_s, ""),
+        ("inside cybn calls (BN + ReLU fused, fwd + bwd)", bn_s, ""),
         ("BN run in total (training + evaluation)", total_s, f"  ({bn_s / total_s:.0%} in cybn)"),
         ("run without BN in total", without_bn["total_seconds"], ""),
     ]
+    if separate is not None:
+        sep_s = separate["norm_seconds"]
+        saved = sep_s - bn_s
+        rows.insert(1, ("BN then a separate NumPy ReLU (fwd + bwd)", sep_s, ""))
+        rows.insert(2, ("time saved by the fusion", saved,
+                        f"  ({saved / sep_s:.0%} of BN + ReLU)" if sep_s > 0 else ""))
     print("\nwall time:")
     for label, seconds, note in rows:
         print(f"  {label:<51} {seconds:6.3f} s{note}")
@@ -288,16 +321,20 @@ def digits_demo(epochs, seed):
         f"({TEST_PER_CLASS} per digit); seed {seed}"
     )
     print(
-        f"Linear(64, {HIDDEN}) -> BatchNorm1d({HIDDEN}) or identity -> ReLU -> Linear({HIDDEN}, 10)"
+        f"Linear(64, {HIDDEN}) -> BatchNorm1d({HIDDEN}, activation='relu') (batch norm and "
+        f"ReLU fused), or identity -> ReLU -> Linear({HIDDEN}, 10)"
     )
     print(
         f"softmax cross-entropy, He init, plain SGD lr {LEARNING_RATE}, batch {BATCH_SIZE}, "
         f"{epochs} epochs, float32\n"
     )
-    with_bn = train_one(data, cybn.BatchNorm1d(HIDDEN), epochs=epochs, seed=seed)
+    with_bn = train_one(data, cybn.BatchNorm1d(HIDDEN, activation="relu"), epochs=epochs,
+                        seed=seed)
+    # the same network with the ReLU as a separate NumPy step, for the time it costs
+    separate = train_one(data, cybn.BatchNorm1d(HIDDEN), epochs=epochs, seed=seed)
     without_bn = train_one(data, Identity(), epochs=epochs, seed=seed)
     print_table(with_bn, without_bn)
-    print_timing(with_bn, without_bn)
+    print_timing(with_bn, without_bn, separate)
     return with_bn, without_bn
 
 

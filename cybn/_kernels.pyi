@@ -10,6 +10,9 @@
 # __signatures__ (e.g. "double|float": float64 data, float32 parameters); the arrays are
 # then checked against it (dtype, dimensions, shapes, writability) and rejected otherwise.
 # plan_info reports the schedule and tiling of a shape (for the tests and the benchmark).
+# activation: 0 (none) or 1 (ReLU, fused after the normalisation, with the residual added
+# before it when given); the backward recomputes the forward's mask from x, the statistics,
+# weight, bias and residual, and writes the masked grad_output to grad_residual.
 
 from typing import TypeAlias
 
@@ -40,6 +43,8 @@ def forward_training(
     stats: _F64,
     check_finite: bool,
     n_threads: int,
+    activation: int = 0,
+    residual: _Data | None = None,
 ) -> int: ...
 def forward_inference(
     x_type: float,
@@ -53,6 +58,8 @@ def forward_inference(
     out: _Data,
     stats: _F64 | None,
     n_threads: int,
+    activation: int = 0,
+    residual: _Data | None = None,
 ) -> None: ...
 def backward_reduce(
     grad_output: _Data,
@@ -84,6 +91,10 @@ def backward_training(
     grad_weight: _Param | None,
     grad_bias: _Param | None,
     n_threads: int,
+    activation: int = 0,
+    bias: _Param | None = None,
+    residual: _Data | None = None,
+    grad_residual: _Data | None = None,
 ) -> None: ...
 def backward_inference(
     x_type: float,
@@ -97,6 +108,10 @@ def backward_inference(
     grad_weight: _Param | None,
     grad_bias: _Param | None,
     n_threads: int,
+    activation: int = 0,
+    bias: _Param | None = None,
+    residual: _Data | None = None,
+    grad_residual: _Data | None = None,
 ) -> None: ...
 def update_running_stats(
     running_mean: _Param,

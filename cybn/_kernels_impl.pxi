@@ -612,33 +612,75 @@ cdef struct _GradX:     # ((dy - mean_dy) - (x - center) * k) * scale
     char unused
 cdef struct _GradDy:    # dy * scale
     char unused
+# Batch norm fused with ReLU (oneDNN's fuse_norm_relu, fuse_norm_add_relu; MXNet's
+# BatchNormWithReLU): the _Norm value rounded to the input's type, plus the residual (read
+# through the dy pointer) added in the input's type as torch's `bn(x) + r` is, then ReLU.
+# The backward recomputes the forward's output with the same element and constants and
+# masks grad_output with _ReluGrad, so the mask is the forward's decision bit for bit.
+cdef struct _NormRelu:      # relu(norm(x))
+    char unused
+cdef struct _NormAddRelu:   # relu(norm(x) + r), r through dy
+    char unused
+cdef struct _ReluGrad:      # 0 where y <= 0 else dy, y (the forward's output) through x
+    char unused             # (torch's threshold_backward: NaN output passes dy)
+cdef struct _NormReluMask:  # 0 where norm(x) <= 0 else dy: _NormRelu's y <= 0 exactly
+    char unused             # when its argument is, so _ReluGrad of it in one pass
 
 ctypedef fused map_t:
     _Norm
     _GradX
     _GradDy
+    _NormRelu
+    _NormAddRelu
+    _ReluGrad
+    _NormReluMask
+
+
+cdef inline floating _relu(floating v) noexcept nogil:
+    # torch.relu: 0 for v <= 0, v otherwise (NaN propagates)
+    return <floating>0 if v <= 0 else v
 
 
 cdef inline floating _elem(map_t* op, const floating* x, const floating* dy, prm_t k0,
                            prm_t k1, prm_t k2, prm_t k3) noexcept nogil:
+    cdef floating g
     if map_t is _Norm:
         return <floating>(((x[0] - k0) - k1) * k2 + k3)
     elif map_t is _GradX:
         return <floating>(((dy[0] - k1) - (x[0] - k0) * k2) * k3)
-    else:
+    elif map_t is _GradDy:
         return <floating>(dy[0] * k3)
+    elif map_t is _NormRelu:
+        return _relu(<floating>(((x[0] - k0) - k1) * k2 + k3))
+    elif map_t is _NormAddRelu:
+        return _relu(<floating>(<floating>(((x[0] - k0) - k1) * k2 + k3) + dy[0]))
+    elif map_t is _ReluGrad:
+        g = dy[0]  # loaded unconditionally: a load under the condition blocks vectorising
+        return <floating>0 if x[0] <= 0 else g
+    else:
+        g = dy[0]
+        return <floating>0 if <floating>(((x[0] - k0) - k1) * k2 + k3) <= 0 else g
 
 
 cdef void _map_tile(map_t* op, const floating* x, const floating* dy, floating* out,
                     const _Plan* p, const _Tile* tl, const prm_t* k0, const prm_t* k1,
                     const prm_t* k2, const prm_t* k3) noexcept nogil:
     """out = op(x, dy, k0..k3 of the channel) over a tile; k0..k3 point at the constants
-    of the tile's first channel (_GradDy reads only k3; the others may be NULL). COLUMNS
-    tiles spread the constants over a tile row's columns first."""
+    of the tile's first channel (_GradDy reads only k3; the others may be NULL; _ReluGrad
+    reads none). COLUMNS tiles spread the constants over a tile row's columns first.
+    `out` may be `x` or `dy` (each element is read before it is written)."""
     cdef Py_ssize_t nc = tl.c1 - tl.c0, run = tl.l1 - tl.l0, n, c, i, off, j
     cdef Py_ssize_t S = p.C * p.L, ncol = nc * run
     cdef prm_t col[4 * TILE_CHANNELS]
     cdef prm_t a0, a1, a2, a3
+    if map_t is _ReluGrad:  # no constants: a tile row (COLUMNS) or a run at a time
+        for n in range(tl.n0, tl.n1):
+            for c in range(1 if p.schedule == COLUMNS else nc):
+                off = (n * p.C + tl.c0 + c) * p.L + tl.l0
+                for i in range(off, off + (ncol if p.schedule == COLUMNS else run)):
+                    out[i] = _elem(op, x + i, dy + i, <prm_t>0, <prm_t>0, <prm_t>0,
+                                   <prm_t>0)
+        return
     if p.schedule == COLUMNS:
         if map_t is not _GradDy:
             k0 = _to_columns(k0, nc, p.L, col)
@@ -742,6 +784,12 @@ cdef enum JobKind:
     JOB_GRAD_INPUT       # item = tile: grad_input from center, mean_dy, k, scale
     JOB_SLAB_FORWARD     # item = channel: statistics, then its output
     JOB_SLAB_BACKWARD    # item = channel: backward sums, then its grad_input
+    JOB_RELU_MASK        # item = tile: dz only (a ReLU backward without sums)
+
+
+cdef enum Activation:    # the activation fused after the normalisation (and residual add)
+    ACT_NONE = 0
+    ACT_RELU = 1
 
 
 cdef struct _Job:
@@ -764,6 +812,67 @@ cdef struct _Job:
     bint use_x                   # JOB_GRAD_INPUT, JOB_SLAB_BACKWARD: the training formula
     bint need_sums               # JOB_SLAB_BACKWARD
     double eps
+    int act                      # ACT_NONE or ACT_RELU: the forward's activation
+    const void* res              # the residual added before it (NULL: none)
+    void* dz                     # backward with act: grad_output masked by the ReLU
+    #   (grad_residual, or grad_input which is then updated in place); the mask's
+    #   constants are prm / prm_double, the forward's own
+
+
+cdef void _norm_map(const floating* x, const floating* r, floating* out, const _Plan* p,
+                    const _Tile* tl, int act, const prm_t* k,
+                    Py_ssize_t stride) noexcept nogil:
+    """The forward's elementwise pass over a tile: _Norm, or with ACT_RELU _NormRelu, or
+    _NormAddRelu with the residual r. k: the constants hi of the tile's first channel;
+    lo, scale and shift follow at k + stride, k + 2 * stride, k + 3 * stride."""
+    cdef _Norm norm
+    cdef _NormRelu norm_relu
+    cdef _NormAddRelu norm_add_relu
+    if act == ACT_NONE:
+        _map_tile(&norm, x, x, out, p, tl, k, k + stride, k + 2 * stride, k + 3 * stride)
+    elif r == NULL:
+        _map_tile(&norm_relu, x, x, out, p, tl, k, k + stride, k + 2 * stride,
+                  k + 3 * stride)
+    else:
+        _map_tile(&norm_add_relu, x, r, out, p, tl, k, k + stride, k + 2 * stride,
+                  k + 3 * stride)
+
+
+cdef void _norm_job_tile(const floating* x, const _Job* j, const _Tile* tl,
+                         floating* out) noexcept nogil:
+    # _norm_map with the job's constants (prm: 4 * C, the input's type or double)
+    cdef Py_ssize_t C = j.p.C
+    if j.prm_double:
+        _norm_map(x, <const floating*>j.res, out, j.p, tl, j.act,
+                  <const double*>j.prm + tl.c0, C)
+    else:
+        _norm_map(x, <const floating*>j.res, out, j.p, tl, j.act,
+                  <const floating*>j.prm + tl.c0, C)
+
+
+cdef void _relu_dz(const floating* x, const _Job* j, const _Tile* tl) noexcept nogil:
+    """dz = grad_output where the forward's output is > 0, else 0 (torch's relu backward),
+    into j.dz over a tile, the forward's output recomputed by the forward's own expression
+    and constants, so the mask is the forward's decision bit for bit. Without a residual
+    in one pass (_NormReluMask); with one, the output is first written into dz
+    (_NormAddRelu, needing x and the residual), then masks grad_output in place while the
+    tile is in cache. No array beyond the outputs."""
+    cdef floating* dz = <floating*>j.dz
+    cdef const floating* dy = <const floating*>j.dy
+    cdef _ReluGrad grad
+    cdef _NormReluMask mask
+    cdef Py_ssize_t C = j.p.C
+    cdef const floating* kf = <const floating*>j.prm + tl.c0
+    cdef const double* kd = <const double*>j.prm + tl.c0
+    if j.res == NULL:
+        if j.prm_double:
+            _map_tile(&mask, x, dy, dz, j.p, tl, kd, kd + C, kd + 2 * C, kd + 3 * C)
+        else:
+            _map_tile(&mask, x, dy, dz, j.p, tl, kf, kf + C, kf + 2 * C, kf + 3 * C)
+        return
+    _norm_job_tile(x, j, tl, dz)
+    _map_tile(&grad, dz, dy, dz, j.p, tl, <const double*>NULL, <const double*>NULL,
+              <const double*>NULL, <const double*>NULL)
 
 
 cdef void _slab_forward(const floating* x, const _Job* j, Py_ssize_t c) noexcept nogil:
@@ -774,7 +883,7 @@ cdef void _slab_forward(const floating* x, const _Job* j, Py_ssize_t c) noexcept
     cdef double m, m2, center, scale, shift
     cdef floating prm[4]
     cdef double prmd[4]
-    cdef _Norm op
+    cdef const floating* r = <const floating*>j.res
     _tile_stats(x, p, &tl, &m, &m2)
     j.part1[c] = m
     j.part2[c] = m2 / count
@@ -783,11 +892,10 @@ cdef void _slab_forward(const floating* x, const _Job* j, Py_ssize_t c) noexcept
     scale = j.part3[c] * j.scale[c]
     shift = j.shift[c]
     if _split_constants(1, &center, &scale, &shift, prm):
-        _map_tile(&op, x, x, <floating*>j.out, p, &tl, &prm[0], &prm[1], &prm[2], &prm[3])
+        _norm_map(x, r, <floating*>j.out, p, &tl, j.act, &prm[0], 1)
     else:
         _double_constants(1, &center, &scale, &shift, prmd)
-        _map_tile(&op, x, x, <floating*>j.out, p, &tl, &prmd[0], &prmd[1], &prmd[2],
-                  &prmd[3])
+        _norm_map(x, r, <floating*>j.out, p, &tl, j.act, &prmd[0], 1)
 
 
 cdef void _slab_backward(const floating* x, const _Job* j, Py_ssize_t c) noexcept nogil:
@@ -798,8 +906,12 @@ cdef void _slab_backward(const floating* x, const _Job* j, Py_ssize_t c) noexcep
     cdef double sdy = 0, sdyx = 0, mean_dy, k
     cdef _GradX with_x
     cdef _GradDy dy_only
+    cdef const floating* g = <const floating*>j.dy
+    if j.act != ACT_NONE:  # the ReLU's mask first: dz, from the cached channel
+        _relu_dz(x, j, &tl)
+        g = <const floating*>j.dz
     if j.need_sums:
-        _tile_dot(<const floating*>j.dy, x, p, &tl, j.center + c, &sdy, &sdyx)
+        _tile_dot(g, x, p, &tl, j.center + c, &sdy, &sdyx)
     j.part1[c] = sdy
     j.part2[c] = sdyx
     if j.out == NULL:
@@ -807,22 +919,20 @@ cdef void _slab_backward(const floating* x, const _Job* j, Py_ssize_t c) noexcep
     mean_dy = sdy / count
     k = sdyx * j.invstd[c] * j.invstd[c] / count
     if j.use_x:
-        _map_tile(&with_x, x, <const floating*>j.dy, <floating*>j.out, p, &tl, j.center + c,
-                  &mean_dy, &k, j.scale + c)
+        _map_tile(&with_x, x, g, <floating*>j.out, p, &tl, j.center + c, &mean_dy, &k,
+                  j.scale + c)
     else:
-        _map_tile(&dy_only, x, <const floating*>j.dy, <floating*>j.out, p, &tl,
-                  <const double*>NULL, <const double*>NULL, <const double*>NULL, j.scale + c)
+        _map_tile(&dy_only, x, g, <floating*>j.out, p, &tl, <const double*>NULL,
+                  <const double*>NULL, <const double*>NULL, j.scale + c)
 
 
 cdef void _job_item(const floating* x, const _Job* j, Py_ssize_t i) noexcept nogil:
     cdef const _Plan* p = j.p
     cdef _Tile tl
     cdef Py_ssize_t C = p.C, off
-    cdef _Norm norm
     cdef _GradX with_x
     cdef _GradDy dy_only
-    cdef const floating* pf
-    cdef const double* pd
+    cdef const floating* g = <const floating*>j.dy
     if j.kind == JOB_SLAB_FORWARD:
         _slab_forward(x, j, i)
         return
@@ -833,18 +943,14 @@ cdef void _job_item(const floating* x, const _Job* j, Py_ssize_t i) noexcept nog
     off = tl.slot * C + tl.c0
     if j.kind == JOB_STATS:
         _tile_stats(x, p, &tl, j.part1 + off, j.part2 + off)
-    elif j.kind == JOB_DOT:
-        _tile_dot(<const floating*>j.dy, x, p, &tl, j.center + tl.c0, j.part1 + off,
-                  j.part2 + off)
+    elif j.kind == JOB_DOT or j.kind == JOB_RELU_MASK:
+        if j.act != ACT_NONE:  # the ReLU's mask first, then the sums from the cached tile
+            _relu_dz(x, j, &tl)
+            g = <const floating*>j.dz
+        if j.kind == JOB_DOT:
+            _tile_dot(g, x, p, &tl, j.center + tl.c0, j.part1 + off, j.part2 + off)
     elif j.kind == JOB_NORMALIZE:
-        if j.prm_double:
-            pd = <const double*>j.prm + tl.c0
-            _map_tile(&norm, x, x, <floating*>j.out, p, &tl, pd, pd + C, pd + 2 * C,
-                      pd + 3 * C)
-        else:
-            pf = <const floating*>j.prm + tl.c0
-            _map_tile(&norm, x, x, <floating*>j.out, p, &tl, pf, pf + C, pf + 2 * C,
-                      pf + 3 * C)
+        _norm_job_tile(x, j, &tl, <floating*>j.out)
     elif j.use_x:
         _map_tile(&with_x, x, <const floating*>j.dy, <floating*>j.out, p, &tl,
                   j.center + tl.c0, j.mean_dy + tl.c0, j.k + tl.c0, j.scale + tl.c0)
@@ -869,6 +975,15 @@ cdef void _for_items(const floating* x, const _Job* j, Py_ssize_t n_items,
             _job_item(x, j, i)
 
 
+cdef inline void _job_relu(_Job* j, const _Job* src) noexcept nogil:
+    # the fields of a fused activation (forward and backward), copied from src
+    j.act = src.act
+    j.res = src.res
+    j.dz = src.dz
+    j.prm = src.prm
+    j.prm_double = src.prm_double
+
+
 cdef inline void _job_init(_Job* j, JobKind kind, const _Plan* p) noexcept nogil:
     j.kind = kind
     j.p = p
@@ -878,21 +993,28 @@ cdef inline void _job_init(_Job* j, JobKind kind, const _Plan* p) noexcept nogil
     j.center = j.mean_dy = j.k = j.scale = j.shift = j.invstd = NULL
     j.prm_double = j.use_x = j.need_sums = False
     j.eps = 0
+    j.act = ACT_NONE
+    j.res = NULL
+    j.dz = NULL
 
 
 # ---------------------------------------------------------------------------------------
 # 4. Whole-array drivers (nogil). Each returns -1 when scratch memory cannot be allocated.
 
 cdef double* _tile_sums(JobKind kind, const floating* x, const floating* dy, const _Plan* p,
-                       int n_threads, const double* center) noexcept nogil:
+                       int n_threads, const double* center,
+                       const _Job* relu) noexcept nogil:
     """Run a per-tile reduction (JOB_STATS or JOB_DOT) over every tile; return its partial
     sums, two rows of n_slots x C doubles (slot-major; free() them), or NULL when they
-    cannot be allocated."""
+    cannot be allocated. `relu` (JOB_DOT; NULL: none): a job whose act, res, dz, prm and
+    prm_double mask dy first (_relu_dz), the sums then being those of dz."""
     cdef double* part = <double*> malloc(2 * p.n_slots * p.C * sizeof(double))
     cdef _Job j
     if part == NULL:
         return NULL
     _job_init(&j, kind, p)
+    if relu != NULL:
+        _job_relu(&j, relu)
     j.dy = dy
     j.center = center
     j.part1 = part
@@ -905,7 +1027,7 @@ cdef int _stats(const floating* x, const _Plan* p, int n_threads,
                 double* mean, double* m2) noexcept nogil:
     """Per-channel mean and M2 = sum((x - mean)^2) over N and L (Chan's merge in tile order)."""
     cdef Py_ssize_t S = p.n_slots, C = p.C
-    cdef double* part = _tile_sums(JOB_STATS, x, x, p, n_threads, NULL)
+    cdef double* part = _tile_sums(JOB_STATS, x, x, p, n_threads, NULL, NULL)
     cdef double* part_mean = part
     cdef double* part_m2 = part + S * C
     cdef Py_ssize_t s, c, l_len, n_len
@@ -941,10 +1063,11 @@ cdef int _stats(const floating* x, const _Plan* p, int n_threads,
 
 
 cdef int _normalize(const floating* x, floating* out, const _Plan* p, int n_threads,
-                    const double* center, const double* scale,
-                    const double* shift) noexcept nogil:
+                    const double* center, const double* scale, const double* shift,
+                    int act, const floating* res) noexcept nogil:
     """out = (x - center) * scale + shift per channel, in the input's precision when the
-    constants fit it (_split_constants), else in double."""
+    constants of every channel fit it (_split_constants), else in double; with act
+    (ACT_RELU) relu(out), or relu(out + res) when the residual res is not NULL."""
     cdef Py_ssize_t C = p.C
     cdef floating* prm = <floating*> malloc(4 * C * sizeof(floating))
     cdef double* prmd = NULL
@@ -954,6 +1077,8 @@ cdef int _normalize(const floating* x, floating* out, const _Plan* p, int n_thre
     _job_init(&j, JOB_NORMALIZE, p)
     j.out = out
     j.prm = prm
+    j.act = act
+    j.res = res
     if not _split_constants(C, center, scale, shift, prm):
         prmd = <double*> malloc(4 * C * sizeof(double))
         if prmd == NULL:
@@ -969,10 +1094,12 @@ cdef int _normalize(const floating* x, floating* out, const _Plan* p, int n_thre
 
 
 cdef int _dot(const floating* dy, const floating* x, const _Plan* p, int n_threads,
-              const double* center, double* sum_dy, double* sum_dyx) noexcept nogil:
-    """Per-channel sum(dy) and sum(dy * (x - center)), partials added in tile order."""
+              const double* center, double* sum_dy, double* sum_dyx,
+              const _Job* relu) noexcept nogil:
+    """Per-channel sum(dy) and sum(dy * (x - center)), partials added in tile order (of
+    dz, written first, with a `relu` job: see _tile_sums)."""
     cdef Py_ssize_t S = p.n_slots, C = p.C
-    cdef double* part = _tile_sums(JOB_DOT, x, dy, p, n_threads, center)
+    cdef double* part = _tile_sums(JOB_DOT, x, dy, p, n_threads, center, relu)
     cdef double* part_dy = part
     cdef double* part_dyx = part + S * C
     cdef Py_ssize_t s, c
@@ -1042,7 +1169,7 @@ cdef _sums(JobKind kind, const floating[:, :, ::1] x, const floating[:, :, ::1] 
             rc = _stats(&x[0, 0, 0], &p, n_threads, &out1[0], &out2[0])
         else:
             rc = _dot(&dy[0, 0, 0], &x[0, 0, 0], &p, n_threads, &center[0], &out1[0],
-                      &out2[0])
+                      &out2[0], NULL)
     if rc != 0:
         raise MemoryError()
 
@@ -1063,7 +1190,7 @@ cdef _elementwise(JobKind kind, const floating[:, :, ::1] x, const floating[:, :
     with nogil:
         if kind == JOB_NORMALIZE:
             rc = _normalize(&x[0, 0, 0], &out[0, 0, 0], &p, n_threads, &center[0], &scale[0],
-                            &shift[0])
+                            &shift[0], ACT_NONE, NULL)
         else:
             _grad_input(&dy[0, 0, 0], &x[0, 0, 0], &out[0, 0, 0], &p, n_threads, &center[0],
                         &mean_dy[0] if use_x else NULL, &k[0] if use_x else NULL, &scale[0],
@@ -1122,7 +1249,7 @@ cdef void _update(Py_ssize_t C, param_t* running_mean, param_t* running_var,
 # shapes, writability); everything else is cybn.functional's job.
 
 cdef enum:
-    MAX_ARGS = 8
+    MAX_ARGS = 11
 
 
 cdef struct _Args:
@@ -1182,6 +1309,20 @@ cdef inline Py_ssize_t _dim(const _Args* a, int i, int k) noexcept:
     return a.b[i].shape[k]
 
 
+cdef const void* _residual_arg(_Args* a, residual, int activation, Py_ssize_t N,
+                               Py_ssize_t C, Py_ssize_t L, Py_ssize_t xsize) except? NULL:
+    """Acquire the residual (None: NULL) as the next buffer, shaped like x; it needs an
+    activation (the only operation that adds it)."""
+    cdef const void* pr
+    if activation != ACT_NONE and activation != ACT_RELU:
+        raise ValueError(f"kernel argument activation must be 0 or 1, got {activation}")
+    pr = _arg(a, residual, b"residual", 3, xsize, False, True)
+    if pr != NULL and activation == ACT_NONE:
+        raise ValueError("kernel argument residual needs an activation")
+    _shape(a, a.n - 1, N, C, L, b"residual")
+    return pr
+
+
 cdef int _forward_args(_Args* a, x, weight, bias, running_mean, running_var, out, stats,
                        Py_ssize_t xsize, Py_ssize_t psize, bint training,
                        void** ptrs) except -1:
@@ -1218,7 +1359,9 @@ def forward_training(floating x_type, param_t p_type,
                      out,                              # OUT (N, C, L)
                      stats,                            # OUT (3, C): mean, invstd, biased var
                      bint check_finite,
-                     int n_threads):
+                     int n_threads,
+                     int activation=ACT_NONE,          # ACT_RELU (1): relu(y) (+ residual)
+                     residual=None):                   # IN  (N, C, L) or None: relu(y + r)
     """Training forward with batch statistics (Ioffe & Szegedy 2015, PyTorch semantics).
 
     ``x``, ``out``: float arrays of the ``x_type`` specialisation; per-channel arrays of
@@ -1229,12 +1372,18 @@ def forward_training(floating x_type, param_t p_type,
     With ``check_finite``, a batch whose statistics are not finite in some channel (NaN or
     Inf in the data) stops after the statistics pass: ``out`` and the running statistics
     are left untouched and the number of such channels is returned (0 otherwise).
+    With ``activation`` 1 the output is ``relu(y)``, or ``relu(y + residual)`` (y rounded
+    to the input's type, the sum formed in it, as torch's ``relu(bn(x) + r)``); the
+    constants are those of the input's type for every channel or for none (a slab whose
+    channel needs double ones has the whole output redone in double), so that the backward
+    can recompute the same output.
     Requires N * L >= 1.
     """
     cdef _Args a
     cdef Py_ssize_t N, C, L, c
     cdef Py_ssize_t bad = 0
     cdef const floating* px
+    cdef const floating* pr = NULL
     cdef floating* po
     cdef const param_t* pw
     cdef const param_t* pb
@@ -1257,13 +1406,15 @@ def forward_training(floating x_type, param_t p_type,
         pw, pb = <const param_t*>ptrs[1], <const param_t*>ptrs[2]
         prm, prv = <param_t*>ptrs[3], <param_t*>ptrs[4]
         N, C, L = _dim(&a, 0, 0), _dim(&a, 0, 1), _dim(&a, 0, 2)
+        pr = <const floating*>_residual_arg(&a, residual, activation, N, C, L,
+                                            sizeof(floating))
         if _empty(N, C, L):
             return 0
         invstd = mean + C
         var = mean + 2 * C
         count = <double>(N * L)
         p = _make_plan(N, C, L, sizeof(floating), not check_finite)
-        buf = _alloc_channels(C, 2)
+        buf = _alloc_channels(C, 8)  # weight, bias | scale, shift | 4 C constants (relu)
         with nogil:
             if p.schedule == SLAB:
                 for c in range(C):
@@ -1277,8 +1428,19 @@ def forward_training(floating x_type, param_t p_type,
                 job.scale = buf
                 job.shift = buf + C
                 job.eps = eps
+                job.act = activation
+                job.res = pr
                 _for_items(px, &job, C, n_threads)
-                if prm != NULL:
+                if activation != ACT_NONE:
+                    # slabs choose constants per channel; the fused output uses the input's
+                    # type for all channels or for none (see above): redo it in double
+                    # when some channel needed double ones (rare: scale or shift overflow)
+                    _affine(C, invstd, pw, pb, buf + 2 * C, buf + 3 * C)
+                    if not _split_constants(C, mean, buf + 2 * C, buf + 3 * C,
+                                            <floating*>(buf + 4 * C)):
+                        rc = _normalize(px, po, &p, n_threads, mean, buf + 2 * C,
+                                        buf + 3 * C, activation, pr)
+                if rc == 0 and prm != NULL:
                     _update(C, prm, prv, mean, var, var_scale, factor)
             else:
                 rc = _stats(px, &p, n_threads, mean, var)
@@ -1290,7 +1452,8 @@ def forward_training(floating x_type, param_t p_type,
                             bad += 1
                     if bad == 0:
                         _affine(C, invstd, pw, pb, buf, buf + C)
-                        rc = _normalize(px, po, &p, n_threads, mean, buf, buf + C)
+                        rc = _normalize(px, po, &p, n_threads, mean, buf, buf + C,
+                                        activation, pr)
                         if rc == 0 and prm != NULL:
                             _update(C, prm, prv, mean, var, var_scale, factor)
     finally:
@@ -1310,16 +1473,19 @@ def forward_inference(floating x_type, param_t p_type,
                       double eps,
                       out,                             # OUT (N, C, L)
                       stats,                           # OUT (2, C) or None: center, invstd
-                      int n_threads):
+                      int n_threads,
+                      int activation=ACT_NONE,         # as forward_training
+                      residual=None):                  # IN  (N, C, L) or None
     """Inference forward: (x - running_mean) / sqrt(running_var + eps) * weight + bias.
 
     Array types as :func:`forward_training`. ``stats``, when given, receives the running
     mean and ``1 / sqrt(running_var + eps)`` in double, the constants of the inference
-    backward.
+    backward. ``activation``, ``residual``: as :func:`forward_training`.
     """
     cdef _Args a
     cdef Py_ssize_t N, C, L, c
     cdef const floating* px
+    cdef const floating* pr = NULL
     cdef floating* po
     cdef const param_t* pw
     cdef const param_t* pb
@@ -1338,6 +1504,8 @@ def forward_inference(floating x_type, param_t p_type,
         pw, pb = <const param_t*>ptrs[1], <const param_t*>ptrs[2]
         prm, prv = <const param_t*>ptrs[3], <const param_t*>ptrs[4]
         N, C, L = _dim(&a, 0, 0), _dim(&a, 0, 1), _dim(&a, 0, 2)
+        pr = <const floating*>_residual_arg(&a, residual, activation, N, C, L,
+                                            sizeof(floating))
         if C == 0:
             return
         buf = _alloc_channels(C, 4)
@@ -1352,7 +1520,8 @@ def forward_inference(floating x_type, param_t p_type,
             if not _empty(N, C, L):
                 p = _make_plan(N, C, L, sizeof(floating), False)
                 _affine(C, buf + C, pw, pb, buf + 2 * C, buf + 3 * C)
-                rc = _normalize(px, po, &p, n_threads, buf, buf + 2 * C, buf + 3 * C)
+                rc = _normalize(px, po, &p, n_threads, buf, buf + 2 * C, buf + 3 * C,
+                                activation, pr)
     finally:
         free(buf)
         _release(&a)
@@ -1386,29 +1555,52 @@ def backward_input(const floating[:, :, ::1] grad_output,  # IN  (N, C, L)
 cdef int _backward(const floating* grad_output, const floating* x, Py_ssize_t N,
                    Py_ssize_t C, Py_ssize_t L, const param_t* weight, const double* center,
                    const double* invstd, bint training, floating* grad_input,
-                   param_t* grad_weight, param_t* grad_bias, int n_threads) noexcept nogil:
-    """The backward of both entry points; NULL for an absent weight or output."""
+                   param_t* grad_weight, param_t* grad_bias, int n_threads, int act,
+                   const param_t* bias, const floating* res,
+                   floating* grad_residual) noexcept nogil:
+    """The backward of both entry points; NULL for an absent weight or output.
+
+    With act (ACT_RELU), grad_output is first masked by the forward's ReLU (recomputed
+    from x, res and the forward's constants, formed here as the forward formed them from
+    center, invstd, weight and bias) into dz = grad_residual, or grad_input when there is
+    no residual (one of them is not NULL), tile by tile before the sums that read it;
+    the batch-norm backward then runs on dz, writing grad_input in place of it."""
     cdef double count = <double>(N * L)
     cdef bint need_sums = training or grad_weight != NULL or grad_bias != NULL
     cdef double* buf
     cdef _Plan p
     cdef _Job job
+    cdef _Job relu
     cdef Py_ssize_t c
     cdef int rc = 0
+    cdef const floating* dy = grad_output
     if C == 0:
         return 0
-    buf = <double*> malloc(5 * C * sizeof(double))
+    buf = <double*> malloc(11 * C * sizeof(double))
     if buf == NULL:
         return -1
-    # buf: [sum_dy | sum_dy_xmu | scale | mean_dy | k]
+    # buf: [sum_dy | sum_dy_xmu | scale | mean_dy | k | relu: scale, shift | 4 C constants]
     for c in range(2 * C):
         buf[c] = 0
+    _job_init(&relu, JOB_RELU_MASK, &p)
+    if act != ACT_NONE:
+        relu.act = act
+        relu.res = res
+        relu.dz = grad_residual if grad_residual != NULL else grad_input
+        relu.dy = grad_output
+        relu.prm = buf + 7 * C
+        _affine(C, invstd, weight, bias, buf + 5 * C, buf + 6 * C)
+        if not _split_constants(C, center, buf + 5 * C, buf + 6 * C, <floating*>relu.prm):
+            _double_constants(C, center, buf + 5 * C, buf + 6 * C, buf + 7 * C)
+            relu.prm_double = True
+        dy = <const floating*>relu.dz
     if not _empty(N, C, L):
         p = _make_plan(N, C, L, sizeof(floating), True)
         for c in range(C):
             buf[2 * C + c] = invstd[c] * weight[c] if weight != NULL else invstd[c]
         if p.schedule == SLAB:
             _job_init(&job, JOB_SLAB_BACKWARD, &p)
+            _job_relu(&job, &relu)
             job.dy = grad_output
             job.out = grad_input
             job.part1 = buf
@@ -1421,12 +1613,15 @@ cdef int _backward(const floating* grad_output, const floating* x, Py_ssize_t N,
             _for_items(x, &job, C, n_threads)
         else:
             if need_sums:
-                rc = _dot(grad_output, x, &p, n_threads, center, buf, buf + C)
+                rc = _dot(grad_output, x, &p, n_threads, center, buf, buf + C,
+                          &relu if act != ACT_NONE else NULL)
+            elif act != ACT_NONE:
+                _for_items(x, &relu, p.n_tiles, n_threads)
             if rc == 0 and grad_input != NULL:
                 for c in range(C):
                     buf[3 * C + c] = buf[c] / count
                     buf[4 * C + c] = buf[C + c] * invstd[c] * invstd[c] / count
-                _grad_input(grad_output, x, grad_input, &p, n_threads, center, buf + 3 * C,
+                _grad_input(dy, x, grad_input, &p, n_threads, center, buf + 3 * C,
                             buf + 4 * C, buf + 2 * C, training)
     if rc == 0:
         for c in range(C):
@@ -1447,15 +1642,24 @@ def backward_training(floating x_type, param_t p_type,
                       grad_input,                             # OUT (N, C, L) or None
                       grad_weight,                            # OUT (C,) or None
                       grad_bias,                              # OUT (C,) or None
-                      int n_threads):
+                      int n_threads,
+                      int activation=ACT_NONE,                # the forward's
+                      bias=None,                              # IN  (C,) or None (the forward's)
+                      residual=None,                          # IN  (N, C, L) or None
+                      grad_residual=None):                    # OUT (N, C, L) or None
     """Backward through batch statistics (PyTorch's native_batch_norm_backward, train=True).
 
     Array types as :func:`forward_training`. With x_hat = (x - mean) * invstd and sums
     over N and L: grad_bias = sum(dy), grad_weight = sum(dy * x_hat),
     grad_input = (dy - sum(dy)/n - (x - mean) * sum(dy * (x - mean)) * invstd^2 / n) * invstd * w.
+    With ``activation`` 1 (the forward's ReLU, with its ``bias`` and ``residual``), dy is
+    first replaced by dz = dy where the forward's output (recomputed bit for bit) is > 0,
+    else 0; dz is written to ``grad_residual`` when a residual was added, and grad_input
+    is then required when there is none (it holds dz until it is overwritten).
     """
     _backward_def(x_type, p_type, grad_output, x, weight, save_mean, save_invstd, True,
-                  grad_input, grad_weight, grad_bias, n_threads)
+                  grad_input, grad_weight, grad_bias, n_threads, activation, bias, residual,
+                  grad_residual)
 
 
 def backward_inference(floating x_type, param_t p_type,
@@ -1467,19 +1671,26 @@ def backward_inference(floating x_type, param_t p_type,
                        grad_input,                             # OUT (N, C, L) or None
                        grad_weight,                            # OUT (C,) or None
                        grad_bias,                              # OUT (C,) or None
-                       int n_threads):
+                       int n_threads,
+                       int activation=ACT_NONE,                # as backward_training
+                       bias=None,                              # IN  (C,) or None
+                       residual=None,                          # IN  (N, C, L) or None
+                       grad_residual=None):                    # OUT (N, C, L) or None
     """Backward with the running statistics as constants (eval mode with buffers).
 
     With center = running_mean and invstd = 1 / sqrt(running_var + eps) (as written by
     forward_inference): grad_input = dy * w * invstd,
     grad_weight = sum(dy * (x - center) * invstd), grad_bias = sum(dy).
+    ``activation``, ``bias``, ``residual``, ``grad_residual``: as backward_training.
     """
     _backward_def(x_type, p_type, grad_output, x, weight, center, invstd, False, grad_input,
-                  grad_weight, grad_bias, n_threads)
+                  grad_weight, grad_bias, n_threads, activation, bias, residual,
+                  grad_residual)
 
 
 cdef _backward_def(floating x_type, param_t p_type, grad_output, x, weight, center, invstd,
-                   bint training, grad_input, grad_weight, grad_bias, int n_threads):
+                   bint training, grad_input, grad_weight, grad_bias, int n_threads,
+                   int activation, bias, residual, grad_residual):
     cdef _Args a
     cdef Py_ssize_t N, C, L, i
     cdef const floating* pdy
@@ -1490,6 +1701,9 @@ cdef _backward_def(floating x_type, param_t p_type, grad_output, x, weight, cent
     cdef param_t* pgb
     cdef const double* pc
     cdef const double* ps
+    cdef const param_t* pb
+    cdef const floating* pr
+    cdef floating* pgr
     cdef int rc = 0
     a.n = 0
     try:
@@ -1507,10 +1721,23 @@ cdef _backward_def(floating x_type, param_t p_type, grad_output, x, weight, cent
         _shape(&a, 2, N, C, L, b"grad_input")
         for i in range(3, 8):
             _shape(&a, i, C, -1, -1, b"per-channel")
+        pr = <const floating*>_residual_arg(&a, residual, activation, N, C, L,
+                                            sizeof(floating))
+        pb = <const param_t*>_arg(&a, bias, b"bias", 1, sizeof(param_t), False, True)
+        _shape(&a, 9, C, -1, -1, b"per-channel")
+        pgr = <floating*>_arg(&a, grad_residual, b"grad_residual", 3, sizeof(floating), True,
+                              True)
+        _shape(&a, 10, N, C, L, b"grad_residual")
+        if (pr == NULL) != (pgr == NULL):
+            raise ValueError("kernel arguments residual and grad_residual go together")
+        if activation != ACT_NONE and pgi == NULL and pgr == NULL:
+            raise ValueError("kernel argument grad_input is required with an activation "
+                             "and no residual")
         if C == 0:
             return
         with nogil:
-            rc = _backward(pdy, px, N, C, L, pw, pc, ps, training, pgi, pgw, pgb, n_threads)
+            rc = _backward(pdy, px, N, C, L, pw, pc, ps, training, pgi, pgw, pgb, n_threads,
+                           activation, pb, pr, pgr)
     finally:
         _release(&a)
     if rc != 0:

@@ -135,7 +135,7 @@ class _BatchNorm:
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, bias=True, dtype=np.float32, axis=1,
                  check_finite=False, n_threads=None, renorm=False, rmax=1.0, dmax=0.0,
-                 virtual_batch_size=None):
+                 virtual_batch_size=None, activation=None):
         if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
             raise TypeError(
                 f"num_features must be an int, got {type(num_features).__name__}")
@@ -158,6 +158,11 @@ class _BatchNorm:
             raise TypeError(f"axis must be an int, got {type(axis).__name__}")
         _check_renorm_options(renorm, rmax, dmax, track_running_stats)
         virtual_batch_size = F._check_virtual_batch_size(virtual_batch_size)
+        F._check_activation(activation)
+        if renorm and activation is not None:
+            raise ValueError("renorm=True and activation cannot be combined: the fused "
+                             "ReLU's backward recomputes its mask from the plain batch-norm "
+                             "constants")
         if renorm and virtual_batch_size is not None:
             raise ValueError("renorm=True and virtual_batch_size cannot be combined: batch "
                              "renormalization corrects one batch's statistics towards the "
@@ -175,6 +180,7 @@ class _BatchNorm:
         self.rmax = rmax
         self.dmax = dmax
         self.virtual_batch_size = virtual_batch_size
+        self.activation = activation
         self.training = True
         self._population = None  # the cybn.population_stats block collecting this module
         C = self.num_features
@@ -188,6 +194,7 @@ class _BatchNorm:
             self.running_mean = self.running_var = self.num_batches_tracked = None
         self.grad_weight = None
         self.grad_bias = None
+        self.grad_residual = None
         self._cache = None
         self.reset_parameters()
 
@@ -362,7 +369,8 @@ class _BatchNorm:
         -------
         str
             ``"C, eps=..., momentum=..., affine=..., bias=..., track_running_stats=..."`` as
-            torch prints it, then cybn's own ``axis`` and ``check_finite`` when not default.
+            torch prints it, then cybn's own ``axis``, ``check_finite`` and
+            ``activation`` when not default.
         """
         s = (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
              f"affine={self.affine}, bias={self._has_bias()}, "
@@ -376,6 +384,8 @@ class _BatchNorm:
             s += f", renorm=True, rmax={self.rmax}, dmax={self.dmax}"
         if self.virtual_batch_size is not None:
             s += f", virtual_batch_size={self.virtual_batch_size}"
+        if self.activation is not None:
+            s += f", activation={self.activation!r}"
         return s
 
     def _has_bias(self):
@@ -394,16 +404,23 @@ class _BatchNorm:
     def _check_input_dim(self, input):
         F._check_ndim(input, self._expected_ndims)
 
-    def __call__(self, input, *, out=None):
-        return self.forward(input, out=out)
+    def __call__(self, input, residual=None, *, out=None):
+        if residual is None:
+            return self.forward(input, out=out)
+        return self.forward(input, residual, out=out)
 
-    def forward(self, input, *, out=None):
+    def forward(self, input, residual=None, *, out=None):
         """Normalize a batch; see the class docstring for shapes, modes and errors.
 
         Parameters
         ----------
         input : ndarray, float16/32/64
             The batch, of the module's dimensionality, channels on ``axis``.
+        residual : ndarray or None
+            With ``activation="relu"``: added before the ReLU, ``relu(bn(input) +
+            residual)`` (the input's shape and dtype, not overlapping ``out``). Kept by
+            reference for :meth:`backward`, like the input: modifying it in place before
+            ``backward`` changes the gradients.
         out : ndarray or None, keyword-only
             Where to write the output instead of a new array, e.g. a buffer a training
             loop reuses: the input's shape and dtype, contiguous in the same axis order
@@ -419,11 +436,13 @@ class _BatchNorm:
         TypeError, ValueError
             As described in the class docstring; also for an ``out`` of the wrong type,
             dtype, shape or layout, read-only, or overlapping ``input`` (the messages of
-            :func:`cybn.functional.batch_norm_forward`).
+            :func:`cybn.functional.batch_norm_forward`); for a ``residual`` that is not
+            an array of the input's dtype and shape, overlaps ``out``, or is given to a
+            module without an activation.
         """
-        return self._forward(input, out=out)
+        return self._forward(input, out=out, residual=residual)
 
-    def _forward(self, input, out=None, reduce=None):
+    def _forward(self, input, out=None, reduce=None, residual=None):
         # The module's part of a forward: its state in, num_batches_tracked and the
         # backward's cache out. Validation, the choice of statistics, the momentum factor
         # and the running-statistics update are cybn.functional's, as in torch's
@@ -447,13 +466,14 @@ class _BatchNorm:
             if self.virtual_batch_size is not None and not (
                     isinstance(input, np.ndarray) and input.ndim >= 1 and input.shape[0] == 0):
                 # (an empty batch takes the ordinary path: there are no groups)
-                return self._forward_ghost(input, out, reduce, population)
+                return self._forward_ghost(input, out, reduce, population, residual)
         output, stats, saved, count, updated = F._forward(
             input, self.weight, self.bias, self.running_mean, self.running_var,
             training, self.momentum, self.eps, self.axis, out=out,
             n_threads=self.n_threads, module=self,
             check_finite=self.check_finite and training, reduce=reduce,
-            renorm=renorm, update_running=population is None)
+            renorm=renorm, update_running=population is None,
+            activation=self.activation, residual=residual)
         if updated:
             nbt = self.num_batches_tracked
             nbt[()] = int(nbt) + 1
@@ -463,7 +483,7 @@ class _BatchNorm:
         self._cache = _Cache(saved, stats, count, reduce is not None)
         return output
 
-    def _forward_ghost(self, input, out, reduce, population):
+    def _forward_ghost(self, input, out, reduce, population, residual):
         v = F._check_virtual_batch_size(self.virtual_batch_size)
         if reduce is not None:
             raise ValueError(
@@ -475,7 +495,8 @@ class _BatchNorm:
             input, self.weight, self.bias, self.running_mean, self.running_var,
             self.momentum, self.eps, self.axis, v, self, out=out,
             n_threads=self.n_threads, check_finite=self.check_finite,
-            update_running=population is None)
+            update_running=population is None, activation=self.activation,
+            residual=residual)
         if updated:
             nbt = self.num_batches_tracked
             nbt[()] = int(nbt) + 1
@@ -501,7 +522,10 @@ class _BatchNorm:
         -------
         grad_input : ndarray, same shape and dtype as the last input (``out`` when given)
             Also sets ``grad_weight`` and ``grad_bias`` (module dtype; None when the
-            module has no such parameter), overwriting earlier values.
+            module has no such parameter), overwriting earlier values, and
+            ``grad_residual`` (the input's shape and dtype: the gradient reaching the
+            residual, ``grad_output`` masked by the ReLU) when the forward had a
+            residual, else None. Only grad_input is returned.
 
         Raises
         ------
@@ -518,6 +542,9 @@ class _BatchNorm:
         statistics these are constants: ``grad_input = grad_output * weight * invstd``.
         The input of the forward is kept by reference, not copied: modifying it in place
         before ``backward`` changes the gradients (PyTorch would raise instead).
+        With ``activation="relu"`` the ReLU's mask is recomputed from the input (and the
+        residual), the saved statistics, ``weight`` and ``bias``, bit for bit as the
+        forward decided it; this holds while they are unchanged between the two calls.
         """
         return self._backward(grad_output, out=out)
 
@@ -527,21 +554,24 @@ class _BatchNorm:
             raise RuntimeError(
                 "backward() called before forward(): there is no batch to differentiate")
         if cache.ghost is not None:
-            grad_input, grad_weight, grad_bias = F._backward_ghost(
+            grads = F._backward_ghost(
                 grad_output, cache.ghost, self.weight, self.weight is not None,
                 self.bias is not None, self.dtype, self.n_threads, out=out,
                 weight_name="self.weight",
-                shape_of="the shape of the last forward's input")
+                shape_of="the shape of the last forward's input", bias=self.bias,
+                bias_name="self.bias")
         else:
-            grad_input, grad_weight, grad_bias = F._backward(
+            grads = F._backward(
                 grad_output, cache.saved, self.weight, cache.stats, cache.training,
                 self.weight is not None, self.bias is not None, self.dtype, self.n_threads,
                 out=out, weight_name="self.weight",
                 shape_of="the shape of the last forward's input", reduce=reduce,
-                count=cache.count, renorm=cache.renorm)
-        self.grad_weight = grad_weight
-        self.grad_bias = grad_bias
-        return grad_input
+                count=cache.count, renorm=cache.renorm, bias=self.bias,
+                bias_name="self.bias")
+        self.grad_weight = grads[1]
+        self.grad_bias = grads[2]
+        self.grad_residual = grads[3] if len(grads) > 3 else None
+        return grads[0]
 
 
 class BatchNorm1d(_BatchNorm):
@@ -613,6 +643,11 @@ class BatchNorm1d(_BatchNorm):
         size (tf.keras 2 averages the biased variances with equal weights). Evaluation
         is unaffected. The output has the input's layout when axis 0 is outermost in
         memory (C order, channels-last), else C order.
+    activation : None or "relu", default None (keyword-only)
+        Fuse a ReLU after the normalisation, ``relu(y)``, or ``relu(y + residual)`` when
+        ``forward`` gets a residual (oneDNN's ``fuse_norm_relu`` / ``fuse_norm_add_relu``,
+        MXNet's ``BatchNormWithReLU``), in the normalisation's pass and with a backward
+        that recomputes the mask instead of storing it; in training and evaluation.
 
     Attributes
     ----------
@@ -621,6 +656,8 @@ class BatchNorm1d(_BatchNorm):
     num_batches_tracked : ndarray of shape (), int64, or None
     grad_weight, grad_bias : ndarray of shape (C,) or None
         Set by :meth:`backward`.
+    grad_residual : ndarray or None
+        Set by :meth:`backward` after a forward with a residual.
     training : bool
 
     Raises

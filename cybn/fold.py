@@ -24,6 +24,10 @@ def _bn_scale_shift(bn):
     if bn.running_mean is None:
         raise ValueError("cannot fold a batch norm without running statistics "
                          "(track_running_stats=False normalises with batch statistics)")
+    if getattr(bn, "activation", None) is not None:
+        raise ValueError(f"cannot fold a batch norm with activation={bn.activation!r}: the "
+                         "ReLU after it is not affine (fold a module without activation "
+                         "and apply the ReLU after the folded layer)")
     rm = bn.running_mean.astype(np.float64)
     s = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + float(bn.eps))
     if bn.weight is not None:
@@ -77,7 +81,8 @@ def fold_linear(weight, bias, bn):
     Raises
     ------
     ValueError
-        If ``bn`` is training or has no running statistics, or the shapes disagree.
+        If ``bn`` is training, has no running statistics or has an ``activation``, or the
+        shapes disagree.
     TypeError
         If ``weight``/``bias`` are not float NumPy arrays.
     """

@@ -181,6 +181,45 @@ def _check_training(training):
     raise TypeError(f"training must be a bool, got {type(training).__name__}")
 
 
+_ACTIVATIONS = {None: 0, "relu": 1}  # the kernels' codes (ACT_NONE, ACT_RELU)
+
+
+def _check_activation(activation):
+    """None or "relu" -> the kernels' activation code, else TypeError/ValueError."""
+    code = _ACTIVATIONS.get(activation) if (activation is None or type(activation) is str) \
+        else None
+    if code is not None:
+        return code
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be None or 'relu', got "
+                        f"{type(activation).__name__}")
+    raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+
+
+def _check_residual(residual, input, act, *others):
+    """Check a residual (added before the activation): a NumPy array of the input's
+    shape and dtype, with an activation, not overlapping any of ``others`` (``out``)."""
+    if residual is None:
+        return
+    if not isinstance(residual, np.ndarray) or isinstance(residual, (np.matrix,
+                                                                     np.ma.MaskedArray)):
+        raise TypeError(f"residual must be a NumPy array or None, got "
+                        f"{type(residual).__module__}.{type(residual).__qualname__}")
+    if residual.dtype != input.dtype:
+        raise TypeError(f"residual must have the input's dtype {input.dtype}, got "
+                        f"{residual.dtype}")
+    if residual.shape != input.shape:
+        raise ValueError(f"residual must have the input's shape {input.shape}, got "
+                         f"{residual.shape}")
+    if not act:
+        raise ValueError("residual is added before the activation: it needs "
+                         "activation='relu', got activation=None")
+    for name, a in others:
+        if a is not None and np.may_share_memory(a, residual):
+            raise ValueError(f"{name} must not overlap residual (the backward reads the "
+                             "residual again)")
+
+
 def _check_writeable(a, name):
     if not a.flags.writeable:
         raise ValueError(f"{name} is updated in place and must be writeable, "
@@ -289,13 +328,15 @@ class _SavedInput:
     input-sized array.
     """
 
-    __slots__ = ("axis", "input", "view", "xdt")
+    __slots__ = ("act", "axis", "input", "residual", "view", "xdt")
 
-    def __init__(self, input, view, xdt, axis):
+    def __init__(self, input, view, xdt, axis, act=0, residual=None):
         self.input = input
         self.view = None if (view.copied or input.dtype != xdt) else view
         self.xdt = xdt
         self.axis = axis
+        self.act = act                # the fused activation's kernel code (0: none)
+        self.residual = residual      # the residual added before it, by reference
 
     def ncl(self):
         if self.view is not None:
@@ -326,7 +367,7 @@ def _check_num_features(module, input, axis, C):
 def _forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
              axis=1, *, out=None, n_threads=None, module=None, unbiased=True,
              check_finite=False, legacy=False, keep=True, reduce=None, renorm=None,
-             update_running=True):
+             update_running=True, activation=None, residual=None):
     """Validate a forward call once, run it; return (output, stats, saved, count, updated).
 
     The checks, in this order (the first failure raises; nothing has changed then):
@@ -365,6 +406,10 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
     the backward takes as constants. ``update_running=False`` computes batch statistics
     as usual but leaves the running statistics alone (population statistics, ghost
     batches: their caller updates them).
+    ``activation`` ("relu") and ``residual`` (an array like the input, added before it):
+    the fused batch norm + ReLU, checked last (:func:`_check_activation`,
+    :func:`_check_residual`); not with ``reduce``. ``saved`` then holds both, the residual
+    by reference, for the backward's mask.
     """
     # -- validation (cheap checks first; each check's common case costs one comparison)
     xdt = _check_input(input)
@@ -419,6 +464,16 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
         _check_momentum(momentum, finite=False)  # unused, but a wrong type is a mistake
     if type(eps) is not float or not eps > 0:
         eps = _check_eps(eps, batch_stats and not legacy)
+    act = 0
+    if activation is not None or residual is not None:
+        act = _check_activation(activation)
+        _check_residual(residual, input, act, ("out", out))
+        if reduce is not None:
+            raise ValueError("activation and residual are not supported with a "
+                             "cross-process reduction (SyncBatchNorm)")
+        if renorm is not None:
+            raise ValueError("activation and residual are not supported with batch "
+                             "renormalization (renorm=True)")
 
     # -- resolution: compute dtype, (A, C, B) view, output buffer, kernel parameters
     x = input if input.dtype is xdt else input.astype(xdt)
@@ -431,6 +486,9 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
     else:
         out3, res = _prepare_out(out, input.shape, input.dtype, view, xdt, (input,))
     nt = effective_n_threads(n_threads)
+    r3 = None
+    if residual is not None:
+        r3 = view.adopt(residual if residual.dtype is xdt else residual.astype(xdt))
     if not update:
         rm_k = rv_k = None
     else:
@@ -440,7 +498,7 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
     # -- the kernels
     if not batch_stats:
         stats = np.empty((2, C)) if keep else None
-        _FORWARD_INFERENCE[xdt, pdt](view.data, w, b, rm, rv, eps, out3, stats, nt)
+        _FORWARD_INFERENCE[xdt, pdt](view.data, w, b, rm, rv, eps, out3, stats, nt, act, r3)
     elif reduce is not None or renorm is not None:
         # the decomposed kernels: statistics, (the reduction across processes,) then the
         # output with constants that may depend on the global or renormalised statistics
@@ -468,7 +526,7 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
         # count > 1 here: one value per channel is rejected before any work in training
         var_scale = count / (count - 1) if unbiased else 1.0
         bad = _FORWARD_TRAINING[xdt, pdt](view.data, w, b, rm_k, rv_k, eps, factor,
-                                          var_scale, out3, stats, check_finite, nt)
+                                          var_scale, out3, stats, check_finite, nt, act, r3)
         if bad:
             _check_finite_stats(stats, axis)
     if update and count > 0:
@@ -477,7 +535,7 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
             running_mean[...] = rm
         if rv is not running_var:
             running_var[...] = rv
-    saved = _SavedInput(input, view, xdt, axis) if keep else None
+    saved = _SavedInput(input, view, xdt, axis, act, residual) if keep else None
     if out is not None or input.dtype is not xdt:
         res = _deliver(res, out, input.dtype)
     return res, stats, saved, count, update and count > 0
@@ -551,7 +609,7 @@ def _empty_batch_stats(C, eps):
 
 def _backward(grad_output, saved, weight, stats, training, need_weight, need_bias, gdt,
               n_threads, *, out=None, weight_name="weight", shape_of="the input's shape",
-              reduce=None, count=None, renorm=None):
+              reduce=None, count=None, renorm=None, bias=None, bias_name="bias"):
     """Validate and run a backward for the forward's input ``saved`` (a _SavedInput).
 
     Checks ``grad_output`` (type, then the input's shape; ``shape_of`` words the
@@ -565,6 +623,9 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
     ``renorm=(r, d)`` (float64 (C,), from a batch-renormalization forward): r and d are
     constants of the backward (Ioffe 2017, section 3): the gradient is the batch-norm one
     with weight ``weight * r``, and ``grad_weight = r * sum(dy * x_hat) + d * sum(dy)``.
+    After a forward with an activation (``saved.act``), ``bias`` (named ``bias_name``) is
+    the forward's, which the ReLU's mask is recomputed with, and with a residual
+    (``saved.residual``) grad_residual is returned fourth.
     """
     _check_input(grad_output, "grad_output")
     shape = saved.input.shape
@@ -572,6 +633,9 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
         raise ValueError(f"grad_output must have {shape_of} {shape}, got {grad_output.shape}")
     C = stats[0].shape[0]
     _check_channels(weight, weight_name, C, saved.axis)
+    act = saved.act
+    if act:
+        _check_channels(bias, bias_name, C, saved.axis)
     view = saved.ncl()
     xdt = saved.xdt
     dtype = saved.input.dtype
@@ -580,7 +644,10 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
     dy3 = view.adopt(dy)
     pdt = _compute_dtype(weight.dtype) if weight is not None else (gdt if gdt in _CNAME else xdt)
     w = _as_param(weight, pdt)
-    gi3, res = _prepare_out(out, shape, dtype, view, xdt, (grad_output, saved.input))
+    residual = saved.residual
+    others = (grad_output, saved.input) if residual is None else (grad_output, saved.input,
+                                                                  residual)
+    gi3, res = _prepare_out(out, shape, dtype, view, xdt, others)
     nt = effective_n_threads(n_threads)
     if renorm is not None:
         # weight * r in float64 (the kernels take double parameters with any input);
@@ -595,7 +662,15 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
         gw = np.empty(C, dtype=pdt) if need_weight else None
         gb = np.empty(C, dtype=pdt) if need_bias else None
         kernel = _BACKWARD_TRAINING if training else _BACKWARD_INFERENCE
-        kernel[xdt, pdt](dy3, x3, w, stats[0], stats[1], gi3, gw, gb, nt)
+        if not act:
+            kernel[xdt, pdt](dy3, x3, w, stats[0], stats[1], gi3, gw, gb, nt)
+        else:
+            r3 = gr3 = None
+            if residual is not None:
+                r3 = view.adopt(residual if residual.dtype == xdt else residual.astype(xdt))
+                gr3, gres = view.empty_like()
+            kernel[xdt, pdt](dy3, x3, w, stats[0], stats[1], gi3, gw, gb, nt, act,
+                             _as_param(bias, pdt), r3, gr3)
     else:
         mean, invstd = stats[0], stats[1]
         sums = np.empty((2, C))
@@ -615,6 +690,8 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
     if gdt is not None and gdt != pdt:
         gw = None if gw is None else gw.astype(gdt)
         gb = None if gb is None else gb.astype(gdt)
+    if act and residual is not None:
+        return _deliver(res, out, dtype), gw, gb, _deliver(gres, None, dtype)
     return _deliver(res, out, dtype), gw, gb
 
 
@@ -714,7 +791,8 @@ def _finish(target, out):
 
 def _forward_ghost(input, weight, bias, running_mean, running_var, momentum, eps, axis,
                    virtual_batch_size, module, *, out=None, n_threads=None,
-                   check_finite=False, update_running=True):
+                   check_finite=False, update_running=True, activation=None,
+                   residual=None):
     """A module's training forward over virtual batches; returns (output, ghost, updated).
 
     Each group of ``virtual_batch_size`` consecutive rows (axis 0; the last group holds
@@ -724,7 +802,8 @@ def _forward_ghost(input, weight, bias, running_mean, running_var, momentum, eps
     weights when the size divides the batch), the variances unbiased per group (torch's
     Bessel correction, ``n_g / (n_g - 1)``; tf.keras uses the biased ones).
     Everything is checked before anything changes. ``update_running=False``: no update
-    (population statistics collect the groups instead).
+    (population statistics collect the groups instead). ``activation`` and ``residual``:
+    the fused ReLU per group (the residual's rows with the group's).
     """
     _check_input(input)
     module._check_input_dim(input)
@@ -743,8 +822,10 @@ def _forward_ghost(input, weight, bias, running_mean, running_var, momentum, eps
             factor = _check_momentum(momentum)
         _check_writeable(running_mean, "self.running_mean")
         _check_writeable(running_var, "self.running_var")
+    if activation is not None or residual is not None:
+        _check_residual(residual, input, _check_activation(activation), ("out", out))
     x = input if _rows_outermost(input) else np.ascontiguousarray(input)
-    target = _target(out, x, input.dtype, (input,))
+    target = _target(out, x, input.dtype, (input,) if residual is None else (input, residual))
     if check_finite and target is out:
         # a later group may raise: write ``out`` only once every group has passed
         target = np.empty_like(x, dtype=input.dtype)
@@ -753,7 +834,8 @@ def _forward_ghost(input, weight, bias, running_mean, running_var, momentum, eps
         _, stats, saved, count, _ = _forward(
             x[a:b], weight, bias, running_mean, running_var, True, momentum, eps, axis,
             out=target[a:b], n_threads=n_threads, module=module,
-            check_finite=check_finite, update_running=False)
+            check_finite=check_finite, update_running=False, activation=activation,
+            residual=None if residual is None else residual[a:b])
         groups.append(_Group(a, b, stats, saved, count))
     n = np.array([g.count for g in groups], dtype=np.float64)
     update = update and n.sum() > 0  # no values (a zero-size axis): nothing to learn
@@ -768,12 +850,14 @@ def _forward_ghost(input, weight, bias, running_mean, running_var, momentum, eps
 
 
 def _backward_ghost(grad_output, ghost, weight, need_weight, need_bias, gdt, n_threads, *,
-                    out=None, weight_name="weight", shape_of="the input's shape"):
+                    out=None, weight_name="weight", shape_of="the input's shape", bias=None,
+                    bias_name="bias"):
     """The backward of :func:`_forward_ghost` (its ``ghost`` record): per group, with the
     parameters' gradients summed over the groups.
 
-    Returns (grad_input, grad_weight or None, grad_bias or None); grad_input has the
-    grouped input's layout (``out`` of another layout is filled by a copy).
+    Returns (grad_input, grad_weight or None, grad_bias or None), and grad_residual fourth
+    after a forward with a residual; grad_input has the grouped input's layout (``out`` of
+    another layout is filled by a copy).
     """
     _check_input(grad_output, "grad_output")
     x, groups = ghost.x, ghost.groups
@@ -787,26 +871,31 @@ def _backward_ghost(grad_output, ghost, weight, need_weight, need_bias, gdt, n_t
     target = _target(out, x, dtype, (grad_output, x, ghost.input))
     gw = np.zeros(C) if need_weight else None
     gb = np.zeros(C) if need_bias else None
+    gres = None if first.residual is None else np.empty(x.shape, dtype)
     for g in groups:
-        _, gw_g, gb_g = _backward(
+        grads = _backward(
             grad_output[g.start:g.stop], g.saved, weight, (g.stats[0], g.stats[1]), True,
             need_weight, need_bias, _F64, n_threads, out=target[g.start:g.stop],
-            weight_name=weight_name, shape_of=shape_of)
+            weight_name=weight_name, shape_of=shape_of, bias=bias, bias_name=bias_name)
         if need_weight:
-            gw += gw_g
+            gw += grads[1]
         if need_bias:
-            gb += gb_g
+            gb += grads[2]
+        if gres is not None:
+            gres[g.start:g.stop] = grads[3]
     pdt = gdt if gdt is not None else (_COMPUTE[weight.dtype] if weight is not None else
                                        first.xdt)
-    return (_finish(target, out), None if gw is None else gw.astype(pdt),
-            None if gb is None else gb.astype(pdt))
+    result = (_finish(target, out), None if gw is None else gw.astype(pdt),
+              None if gb is None else gb.astype(pdt))
+    return result if gres is None else (*result, gres)
 
 
 # ---------------------------------------------------------------------------------------
 # public functions
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, axis=1, n_threads=None):
+               momentum=0.1, eps=1e-5, *, axis=1, n_threads=None, activation=None,
+               residual=None):
     r"""Batch normalization over axis 1, ``torch.nn.functional.batch_norm``'s contract.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot w + b
@@ -837,6 +926,14 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         (N, ..., C) data in place of a transpose, without a copy.
     n_threads : int or None
         OpenMP threads; see :func:`cybn.set_num_threads`.
+    activation : None or "relu", keyword-only
+        Fuse a ReLU after the normalisation: ``relu(y)`` in the same pass, with no
+        intermediate array (oneDNN's ``fuse_norm_relu``, MXNet's ``BatchNormWithReLU``).
+    residual : ndarray or None, keyword-only
+        With ``activation="relu"``: ``relu(y + residual)`` (oneDNN's
+        ``fuse_norm_add_relu``), ``y`` rounded to the input's dtype and the sum formed in
+        it, as ``F.relu(F.batch_norm(x, ...) + residual)`` computes. The input's shape and
+        dtype; never modified.
 
     Returns
     -------
@@ -854,19 +951,27 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         elements, only one running statistic is given in training, running statistics are
         missing in evaluation, there is one value per channel in training, ``eps`` is out
         of range, or ``momentum`` is not finite.
+        For ``activation`` other than None/"relu" (TypeError for a non-str), or a
+        ``residual`` that is not a NumPy array of the input's dtype (TypeError) and shape,
+        is given without ``activation="relu"``, or overlaps ``out`` (ValueError).
     """
     return _forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
-                    axis, n_threads=n_threads, keep=False)[0]
+                    axis, n_threads=n_threads, keep=False, activation=activation,
+                    residual=residual)[0]
 
 
 def batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum,
-                       eps, *, out=None, axis=1, n_threads=None):
+                       eps, *, out=None, axis=1, n_threads=None, activation=None,
+                       residual=None):
     """Batch-norm forward returning the statistics backward needs (``native_batch_norm``).
 
     Parameters
     ----------
     input, weight, bias, running_mean, running_var, training, momentum, eps, axis, n_threads
         As in :func:`batch_norm`.
+    activation, residual
+        As in :func:`batch_norm`; pass the same ``activation``, ``residual`` and ``bias``
+        to :func:`batch_norm_backward`.
     out : ndarray or None
         Where to write the output: same shape, dtype and memory layout as ``input``, not
         overlapping it.
@@ -887,7 +992,7 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
     """
     output, stats, _, _, _ = _forward(
         input, weight, bias, running_mean, running_var, training, momentum, eps, axis,
-        out=out, n_threads=n_threads, keep=False)
+        out=out, n_threads=n_threads, keep=False, activation=activation, residual=residual)
     if stats is None or stats.shape[0] != 3:  # evaluation: nothing for the backward
         return output, _EMPTY, _EMPTY
     return output, stats[0], stats[1]
@@ -895,7 +1000,7 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
 
 def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, training=True,
                         running_mean=None, running_var=None, eps=1e-5, out=None, axis=1,
-                        n_threads=None):
+                        n_threads=None, activation=None, residual=None, bias=None):
     r"""Gradients of batch norm (``native_batch_norm_backward``).
 
     With :math:`\hat x = (x - \mu)\,\sigma^{-1}` and sums over every axis but axis 1
@@ -930,19 +1035,42 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         The channel axis, as in the forward.
     n_threads : int or None
         OpenMP threads.
+    activation : None or "relu", keyword-only
+        The forward's activation. With "relu", ``grad_output`` is first masked by the
+        forward's ReLU, ``dz = grad_output`` where the forward's output is > 0, else 0
+        (``torch.relu``'s backward; a NaN output passes the gradient, as torch's
+        ``threshold_backward``), and the batch-norm gradients are those of ``dz``. The mask
+        is recomputed from ``input``, the statistics, ``weight``, ``bias`` and
+        ``residual`` with the forward's own arithmetic (the same decision bit for bit,
+        nothing stored), so they must be the forward's, unchanged: modifying any of them
+        in between changes the gradient.
+    residual : ndarray or None, keyword-only
+        The forward's residual (input's shape and dtype); needs ``activation="relu"``.
+    bias : ndarray of shape (C,) or None, keyword-only
+        The forward's bias (0 when None); read only with an activation. With per-channel
+        arrays of mixed dtypes pass them as the forward resolved them (the first given of
+        running_mean, running_var, weight, bias sets the dtype), else a value at the
+        threshold may be decided differently.
 
     Returns
     -------
     grad_input : ndarray, same shape and dtype as ``input``
     grad_weight, grad_bias : ndarray of shape (C,)
         In ``weight``'s dtype, or the input's compute dtype when ``weight`` is None.
+    grad_residual : ndarray, same shape and dtype as ``input``
+        Only when ``residual`` is given (then four arrays are returned): ``dz``, the
+        gradient reaching the residual through the add.
 
     Raises
     ------
     TypeError
-        If an array is not a float16/32/64 NumPy array, or ``training`` is not a bool.
+        If an array is not a float16/32/64 NumPy array, ``training`` is not a bool,
+        ``activation`` is not None or a str, or ``residual`` has another dtype than
+        ``input``.
     ValueError
-        If shapes disagree, or statistics needed by the chosen formula are missing.
+        If shapes disagree, statistics needed by the chosen formula are missing,
+        ``activation`` is not None/"relu", ``residual`` is given without an activation
+        or overlaps ``out``.
     """
     xdt = _check_input(input)
     if input.ndim < 2:
@@ -966,8 +1094,12 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         eps = _check_eps(eps, False)
         stats = (running_mean.astype(np.float64),
                  1.0 / np.sqrt(running_var.astype(np.float64) + eps))
+    act = 0
+    if activation is not None or residual is not None:
+        act = _check_activation(activation)
+        _check_residual(residual, input, act, ("out", out))
     x = input if input.dtype == xdt else input.astype(xdt)
-    saved = _SavedInput(input, as_ncl(x, axis), xdt, axis)
+    saved = _SavedInput(input, as_ncl(x, axis), xdt, axis, act, residual)
     gdt = weight.dtype if weight is not None else xdt
     return _backward(grad_output, saved, weight, stats, training, True, True, gdt, n_threads,
-                     out=out)
+                     out=out, bias=bias)

@@ -120,12 +120,13 @@ class _LazyBatchNorm(_BatchNorm):
         del self._loading_as
         return result
 
-    def _forward(self, input, out=None, reduce=None):
+    def _forward(self, input, out=None, reduce=None, residual=None):
         # the sized module's checks of the input, in its order, before anything changes
         F._check_input(input)
         self._check_input_dim(input)
         axis = F._check_axis(self.axis, input.ndim)
-        return self._attempt(input.shape[axis], _BatchNorm._forward, input, out, reduce)
+        return self._attempt(input.shape[axis], _BatchNorm._forward, input, out, reduce,
+                             residual)
 
     def load_state_dict(self, state_dict, strict=True):
         """Load a state dict, taking the channel count from its per-channel arrays.
@@ -197,7 +198,7 @@ class LazyBatchNorm1d(_LazyBatchNorm):
     **options
         Keyword-only options of :class:`cybn.BatchNorm1d` (``bias``, ``dtype``, ``axis``,
         ``check_finite``, ``n_threads``, ``renorm``, ``rmax``, ``dmax``,
-        ``virtual_batch_size``).
+        ``virtual_batch_size``, ``activation``).
 
     Attributes
     ----------

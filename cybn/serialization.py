@@ -41,9 +41,11 @@ _META = {
     "momentum": "f", "affine": "b", "has_bias": "b", "track_running_stats": "b",
     "dtype": "U", "axis": "iu", "check_finite": "b", "training": "b",
 }
-# Format 2's optional hyper-parameters (batch renormalization, ghost batches), written
-# only when they differ from the defaults; virtual_batch_size 0 stands for None.
-_OPTIONS = {"renorm": "b", "rmax": "f", "dmax": "f", "virtual_batch_size": "iu"}
+# Format 2's optional hyper-parameters (batch renormalization, ghost batches, the fused
+# activation), written only when one differs from its default; virtual_batch_size 0 and
+# activation "" stand for None.
+_OPTIONS = {"renorm": "b", "rmax": "f", "dmax": "f", "virtual_batch_size": "iu",
+            "activation": "U"}
 # The dtypes of the state entries save() writes: the module's float dtype (its "dtype"
 # entry), int64 for num_batches_tracked.
 _DTYPES = ("float16", "float32", "float64", "int64")
@@ -71,15 +73,16 @@ def save(module, path):
     ------
     TypeError
         If ``module`` is not one of the supported classes, or an option attribute
-        (``renorm``, ``rmax``, ``dmax``, ``virtual_batch_size``) has the wrong type.
+        (``renorm``, ``rmax``, ``dmax``, ``virtual_batch_size``, ``activation``) has the
+        wrong type.
     ValueError
         If such an option is out of range (as the constructor would refuse it): nothing
         is written.
 
     Notes
     -----
-    Modules whose ``renorm``, ``rmax``, ``dmax`` or ``virtual_batch_size`` differ from
-    the defaults are written in format 2, which cybn 0.1 does not read (it reports more
+    Modules whose ``renorm``, ``rmax``, ``dmax``, ``virtual_batch_size`` or
+    ``activation`` differ from the defaults are written in format 2, which cybn 0.1 does not read (it reports more
     entries than it writes, or an unknown format); others in format 1.
     """
     name = type(module).__name__
@@ -107,12 +110,15 @@ def save(module, path):
     vbs = F._check_virtual_batch_size(module.virtual_batch_size)
     if vbs is not None and vbs > np.iinfo(np.int64).max:
         raise ValueError(f"virtual_batch_size {vbs} does not fit a 64-bit integer")
-    if (module.renorm, module.rmax, module.dmax, vbs) != (False, 1.0, 0.0, None):
+    F._check_activation(module.activation)
+    if (module.renorm, module.rmax, module.dmax, vbs, module.activation) != (
+            False, 1.0, 0.0, None, None):
         meta["__cybn_format__"] = np.array(2)
         meta["renorm"] = np.array(bool(module.renorm))
         meta["rmax"] = np.array(float(module.rmax))
         meta["dmax"] = np.array(float(module.dmax))
         meta["virtual_batch_size"] = np.array(vbs or 0, dtype=np.int64)
+        meta["activation"] = np.array(module.activation or "")
     np.savez(path, **meta, **module.state_dict())
 
 
@@ -311,6 +317,8 @@ def _build(entries, name):
                              f"{sorted(set(_OPTIONS) & set(entries))}")
     if "virtual_batch_size" in options:
         options["virtual_batch_size"] = int(options["virtual_batch_size"]) or None
+    if "activation" in options:
+        options["activation"] = str(options["activation"]) or None
     for key in ("renorm",):
         if key in options:
             options[key] = bool(options[key])

@@ -409,6 +409,8 @@ class SyncBatchNorm(_BatchNorm):
         ------
         TypeError
             If ``bn`` is not a cybn batch-norm module or ``comm`` not a communicator.
+        ValueError
+            If ``bn`` has an ``activation`` (SyncBatchNorm does not fuse one).
         ImportError
             If mpi4py is not installed.
         """
@@ -422,6 +424,9 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError("from_module: SyncBatchNorm does not support "
                              "virtual_batch_size (its batch is the global one), got "
                              f"virtual_batch_size={bn.virtual_batch_size}")
+        if bn.activation is not None:
+            raise ValueError(f"SyncBatchNorm does not fuse an activation, got a module with "
+                             f"activation={bn.activation!r}")
         m = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
                 bias=bn.bias is not None, comm=comm, dtype=bn.dtype, axis=bn.axis,
                 check_finite=bn.check_finite, n_threads=bn.n_threads, renorm=bn.renorm,

@@ -81,3 +81,52 @@ def same_but_nan_bits(a, b):
         return True
     nan_a, nan_b = np.isnan(a), np.isnan(b)
     return np.array_equal(nan_a, nan_b) and a[~nan_a].tobytes() == b[~nan_b].tobytes()
+
+
+# Batch norm fused with ReLU (and residual add + ReLU): one shape per walk, the kinds
+# whose outputs sit on the threshold (constant channels give exactly `bias`, chosen 0)
+FUSED_SHAPES = [(64, 3), (130, 1030), (4096, 17), (5, 3, 7), (9, 2, 63), (17, 3, 224),
+                (3, 8, 9000)]
+FUSED_KINDS = ("randn", "constant", "tiny", "nonfinite")
+
+
+def fused_results(F, shapes=FUSED_SHAPES, seed=20261208):
+    """{key: array} of fused training and evaluation forwards and backwards, with and
+    without a residual, for every shape, dtype, kind and thread count."""
+    rng = np.random.default_rng(seed)
+    results = {}
+    for si, shape in enumerate(shapes):
+        C = shape[1]
+        for dt in (np.float32, np.float64):
+            for kind in FUSED_KINDS:
+                x = data(rng, shape, dt, kind)
+                g = rng.standard_normal(shape).astype(dt)
+                r = rng.standard_normal(shape).astype(dt)
+                w = rng.uniform(0.5, 2, C).astype(dt)
+                b = rng.standard_normal(C).astype(dt)
+                b[::2] = 0
+                for nt in (1, 2):
+                    for res in (None, r):
+                        key = f"relu-{si}-{np.dtype(dt).name}-{kind}-{nt}-{res is not None}"
+                        rm = np.zeros(C, dt)
+                        rv = np.ones(C, dt)
+                        y, mean, invstd = F.batch_norm_forward(
+                            x, w, b, rm, rv, True, 0.1, 1e-5, n_threads=nt,
+                            activation="relu", residual=res)
+                        grads = F.batch_norm_backward(
+                            g, x, w, mean, invstd, n_threads=nt, activation="relu",
+                            residual=res, bias=b)
+                        ye = F.batch_norm(x, rm, rv, w, b, training=False, n_threads=nt,
+                                          activation="relu", residual=res)
+                        grads_e = F.batch_norm_backward(
+                            g, x, w, None, None, training=False, running_mean=rm,
+                            running_var=rv, n_threads=nt, activation="relu", residual=res,
+                            bias=b)
+                        out = {"y": y, "ye": ye}
+                        for name, a in zip(("gi", "gw", "gb", "gr"), grads):
+                            out[name] = a
+                        for name, a in zip(("gie", "gwe", "gbe", "gre"), grads_e):
+                            out[name] = a
+                        for name, a in out.items():
+                            results[f"{key}-{name}"] = a
+    return results

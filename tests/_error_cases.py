@@ -104,6 +104,7 @@ C, MF, BW, SD, FF, FB, CO, FAM = (
     "functional.batch_norm_forward / batch_norm", "functional.batch_norm_backward",
     "compat (cs231n)",
     "Renormalization, ghost batches, population statistics, lazy modules")
+AD = "fold, save, SyncBatchNorm.from_module"
 
 T, V, R = TypeError, ValueError, RuntimeError
 ARR = "input must be a NumPy array of float16, float32 or float64, got "
@@ -622,6 +623,60 @@ ROWS = [
         "layer.backward(g[:2])", V,
         "BatchNormalization.backward: dout must have the shape of the forward's input (4, 3), "
         "got (2, 3)", setup="layer = CP.BatchNormalization(w, b); layer.forward(x)"),
+    # batch norm fused with ReLU (activation="relu", residual)
+    Row("C-activation", C, "unknown activation", "cybn.BatchNorm1d(3, activation='gelu')", V,
+        "activation must be None or 'relu', got 'gelu'"),
+    Row("C-activation-type", C, "activation not a str", "cybn.BatchNorm1d(3, activation=True)",
+        T, "activation must be None or 'relu', got bool"),
+    Row("MF-residual-no-activation", MF, "a residual for a module without an activation",
+        "m(x, x.copy())", V, "residual is added before the activation: it needs "
+        "activation='relu', got activation=None"),
+    Row("MF-residual-shape", MF, "residual of another shape", "mr(x, x[:3])", V,
+        "residual must have the input's shape (4, 3), got (3, 3)",
+        setup="mr = cybn.BatchNorm1d(3, activation='relu')"),
+    Row("MF-residual-dtype", MF, "residual of another dtype", "mr(x, x.astype(np.float64))", T,
+        "residual must have the input's dtype float32, got float64",
+        setup="mr = cybn.BatchNorm1d(3, activation='relu')"),
+    Row("MF-residual-list", MF, "residual not an array", "mr(x, x.tolist())", T,
+        "residual must be a NumPy array or None, got builtins.list",
+        setup="mr = cybn.BatchNorm1d(3, activation='relu')"),
+    Row("MF-residual-out", MF, "out is the residual (the backward reads it again)",
+        "mr(x, r, out=r)", V,
+        "out must not overlap residual (the backward reads the residual again)",
+        setup="mr = cybn.BatchNorm1d(3, activation='relu'); r = x.copy()"),
+    Row("F-activation", FF, "unknown activation", "F.batch_norm(x, rm, rv, activation='tanh')",
+        V, "activation must be None or 'relu', got 'tanh'"),
+    Row("F-residual-no-activation", FF, "residual without an activation",
+        "F.batch_norm(x, rm, rv, residual=x.copy())", V, "residual is added before the "
+        "activation: it needs activation='relu', got activation=None"),
+    Row("F-bwd-residual-shape", FB, "residual of another shape",
+        "F.batch_norm_backward(g, x, w, sm, si, activation='relu', residual=x[:2], bias=b)",
+        V, "residual must have the input's shape (4, 3), got (2, 3)"),
+    Row("F-bwd-bias", FB, "bias of the wrong size with an activation",
+        "F.batch_norm_backward(g, x, w, sm, si, activation='relu', bias=b[:2])", V,
+        "bias should contain 3 elements not 2 (the input has 3 channels along axis 1; bias "
+        "has shape (2,))"),
+    Row("F-bwd-residual-out", FB, "out is the residual",
+        "F.batch_norm_backward(g, x, w, sm, si, activation='relu', residual=r, bias=b, "
+        "out=r)", V, "out must not overlap residual (the backward reads the residual again)",
+        setup="r = x.copy()"),
+    Row("fold-activation", AD, "folding a module with a fused ReLU",
+        "cybn.fold_linear(np.ones((3, 2)), None, mr)", V,
+        "cannot fold a batch norm with activation='relu': the ReLU after it is not affine "
+        "(fold a module without activation and apply the ReLU after the folded layer)",
+        setup="mr = cybn.BatchNorm1d(3, activation='relu').eval()"),
+    Row("save-activation", AD, "saving a module whose activation was set to 'gelu'",
+        "cybn.save(mr, __import__('io').BytesIO())", V,
+        "activation must be None or 'relu', got 'gelu'",
+        setup="mr = cybn.BatchNorm1d(3, activation='relu'); mr.activation = 'gelu'"),
+    Row("renorm-activation", FAM, "renorm together with a fused ReLU",
+        "cybn.BatchNorm1d(3, renorm=True, activation='relu')", V,
+        "renorm=True and activation cannot be combined: the fused ReLU's backward "
+        "recomputes its mask from the plain batch-norm constants"),
+    Row("sync-activation", AD, "SyncBatchNorm from a module with a fused ReLU",
+        "cybn.SyncBatchNorm.from_module(mr)", V,
+        "SyncBatchNorm does not fuse an activation, got a module with activation='relu'",
+        setup="mr = cybn.BatchNorm1d(3, activation='relu')"),
 ]
 
 ROWS += [
@@ -725,4 +780,4 @@ ROWS += [
         "forward or load_state_dict first"),
 ]
 
-GROUPS = [C, MF, BW, SD, FF, FB, CO, FAM]
+GROUPS = [C, MF, BW, SD, FF, FB, CO, AD, FAM]

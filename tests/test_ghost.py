@@ -263,3 +263,38 @@ def test_state_file_round_trip(rng, tmp_path):
     m2 = cybn.load(tmp_path / "g.npz")
     assert m2.virtual_batch_size == 4 and repr(m2) == repr(m)
     np.testing.assert_array_equal(m(x), m2(x))
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_fused_relu_per_group(rng, with_residual):
+    # ghost batches with activation='relu' (and a residual): per group, relu(bn(x) + r)
+    m, x = _setup(rng, (10, 3, 4), 4, activation="relu")
+    r = rng.normal(size=x.shape) if with_residual else None
+    y_ref, _ = ghost_forward(x, 4, m.weight, m.bias, m.eps)
+    z = y_ref + (r if with_residual else 0.0)
+    dy = rng.normal(size=x.shape)
+    dz = dy * (z > 0)
+    gi_ref, gw_ref, gb_ref = ghost_backward(x, dz, 4, m.weight, m.eps)
+    y = m(x, r) if with_residual else m(x)
+    assert_close(y, np.maximum(z, 0))
+    assert_close(m.backward(dy), gi_ref)
+    assert_close(m.grad_weight, gw_ref)
+    assert_close(m.grad_bias, gb_ref)
+    if with_residual:
+        assert_close(m.grad_residual, dz)
+    else:
+        assert m.grad_residual is None
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(x, requires_grad=True)
+    rt = torch.tensor(r, requires_grad=True) if with_residual else None
+    wt = torch.tensor(m.weight, requires_grad=True)
+    bt = torch.tensor(m.bias, requires_grad=True)
+    bn = torch.cat([torch.nn.functional.batch_norm(c, None, None, wt, bt, training=True,
+                                                   eps=m.eps) for c in xt.split(4)])
+    yt = torch.relu(bn + rt) if with_residual else torch.relu(bn)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(m.backward(dy), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(m.grad_weight, wt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    if with_residual:
+        np.testing.assert_allclose(m.grad_residual, rt.grad.numpy(), rtol=1e-12, atol=0)

@@ -6,7 +6,8 @@ public API in two child processes, one per ``CYBN_KERNELS`` setting, over inputs
 every code path of the kernels: the rows path (L == 1) with channel counts around the tile
 width, contiguous runs of every length class (remainders, short runs, channel slabs),
 float32 and float64 data, mixed parameter dtypes, constant channels, values that take the
-exact double fallback (tiny, huge, non-finite), 1 and 2 threads.
+exact double fallback (tiny, huge, non-finite), 1 and 2 threads; and batch norm fused with
+ReLU, with and without a residual, in every schedule (_battery.fused_results).
 """
 
 import os
@@ -30,12 +31,12 @@ BATTERY = r"""
 import sys
 import numpy as np
 sys.path.insert(0, sys.argv[3])
-from _battery import functional_results
+from _battery import functional_results, fused_results
 from cybn import functional as F
 from cybn._backend import kernels
 
 assert kernels.__name__ == sys.argv[2], (kernels.__name__, sys.argv[2])
-np.savez(sys.argv[1], **functional_results(F))
+np.savez(sys.argv[1], **functional_results(F), **fused_results(F))
 """
 
 
