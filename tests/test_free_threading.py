@@ -166,7 +166,7 @@ def test_global_state_hammer():
     x = np.random.default_rng(7).standard_normal((64, 8)).astype(np.float32)
     ref = cybn.functional.batch_norm(x, None, None, training=True, n_threads=1)
     stop = threading.Event()
-    n_iter = 300 * SCALE
+    n_iter = 2000 * SCALE
     fork_results = []
 
     def writer(i):
@@ -280,7 +280,7 @@ def test_shared_module_misuse_never_crashes_or_writes_out_of_bounds():
     m.running_mean, m.running_var = guarded(np.zeros(C)), guarded(np.ones(C))
     good_state = {k: np.array(v, copy=True) for k, v in m.state_dict().items()}
     stop = threading.Event()
-    n_iter = 150 * SCALE
+    n_iter = 400 * SCALE
     errors = {"user": 0, "ok": 0}
     lock = threading.Lock()
 
