@@ -185,7 +185,8 @@ def find_python(version):
         if not exe or not os.path.isfile(exe):
             continue
         try:
-            out = subprocess.run([exe, "-c", probe], capture_output=True, text=True, timeout=60)
+            out = subprocess.run([exe, "-c", probe], capture_output=True, text=True, timeout=60,
+                                 check=False)
         except (OSError, subprocess.TimeoutExpired):
             continue
         if out.returncode == 0 and out.stdout.split() == ["cpython", version, "False"]:
@@ -198,7 +199,7 @@ def pytest_summary(output):
     counts = [ln.strip("= ") for ln in output.splitlines()
               if re.search(r"\d+ (passed|failed|error)", ln) and " in " in ln]
     reasons = {}
-    for m in re.finditer(r"^SKIPPED \[(\d+)\] [^\n]*?:\d+: (.*)$", output, re.M):
+    for m in re.finditer(r"^SKIPPED \[(\d+)\] [^\n]*?:\d+: (.*)$", output, re.MULTILINE):
         reason = re.sub(r"\s+", " ", m.group(2)).strip()
         reasons[reason] = reasons.get(reason, 0) + int(m.group(1))
     why = "; ".join(f"{n} x {r[:90]}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))

@@ -43,9 +43,9 @@ def main(argv):
         rows = [line.rstrip("\n").split(": ", 1) for line in f if ": " in line]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [
-        f"Recorded by `bash tools/check_platforms.sh {name}` on {now}, commit "
-        f"`{commit_description()}`, host {platform.machine()} {platform.system()} "
-        f"({os.cpu_count()} CPUs).",
+        (f"Recorded by `bash tools/check_platforms.sh {name}` on {now}, commit "
+         f"`{commit_description()}`, host {platform.machine()} {platform.system()} "
+         f"({os.cpu_count()} CPUs)."),
         "",
         "| what | result |",
         "|---|---|",
@@ -54,7 +54,7 @@ def main(argv):
     start, end = f"<!-- platform-results: {name} -->", f"<!-- /platform-results: {name} -->"
     with open(DOC, encoding="utf-8") as f:
         text = f.read()
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
         sys.exit(f"{DOC} has no {start} ... {end} block")
     text = pattern.sub(lambda _: "\n".join([start, *body, end]), text)
