@@ -45,6 +45,8 @@ earlier artefacts run their prerequisites silently).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import copy
 import glob
 import json
 import os
@@ -132,12 +134,13 @@ class Runner:
             )
         return proc
 
-    def venv(self, name, requirements, python=None):
+    def venv(self, name, requirements, python=None, upgrade_pip=True):
         path = os.path.join(self.work, name)
         if not os.path.isdir(path):
             self.run([python or sys.executable, "-m", "venv", path])
             py = os.path.join(path, BIN, "python")
-            self.run([py, "-m", "pip", "install", "--upgrade", "pip"])
+            if upgrade_pip:
+                self.run([py, "-m", "pip", "install", "--upgrade", "pip"])
         py = os.path.join(path, BIN, "python")
         if requirements:
             self.run([py, "-m", "pip", "install", *requirements])
@@ -417,7 +420,8 @@ class Checks:
             raise MissingPython(version)
         tag = "cp" + version.replace(".", "")
         sdist, _ = self.dists()
-        build_py = self.r.venv(f"venv-build-{tag}", [], python=exe)
+        # (the interpreter's bundled pip: no upgrade, to save time)
+        build_py = self.r.venv(f"venv-build-{tag}", [], python=exe, upgrade_pip=False)
         out = os.path.join(self.work, f"dist-{tag}")
         self.r.run([build_py, "-m", "pip", "wheel", "--no-deps", "-w", out, sdist],
                    env={"CYBN_REQUIRE_OPENMP": "1"})
@@ -440,7 +444,7 @@ class Checks:
         results = []
         for label, numpy_req in ([("oldest", oldest)] if oldest else []) + [("newest", NEWEST_NUMPY)]:
             py = self.r.venv(f"venv-{tag}-{label}", [repaired[0], *requirements, numpy_req],
-                             python=exe)
+                             python=exe, upgrade_pip=False)
             np_version = self.r.run(
                 [py, "-c", "import numpy; print(numpy.__version__)"]).stdout.split()[-1]
             run_dir = self.test_dir(f"run-{tag}-{label}")
@@ -708,31 +712,34 @@ def main(argv=None):
     except CheckFailed as exc:
         print(f"   setup: FAILED ({exc}); see {runner.log_path}", flush=True)
 
-    passed = failed = 0
-    missing = []
-    for number, title, method in CHECKS:
-        if number not in selected:
-            continue
-        runner.log_path = os.path.join(work, f"check{number}.log")
+    def execute(number, method, chk):
+        """Run one check; return (outcome, detail, seconds): outcome pass, fail or missing."""
         t0 = time.monotonic()
         try:
             if isinstance(method, tuple):
-                detail = getattr(checks, method[0])(*method[1:])
+                detail = getattr(chk, method[0])(*method[1:])
             else:
-                detail = getattr(checks, method)()
-            ok = True
+                detail = getattr(chk, method)()
+            outcome = "pass"
         except MissingPython as exc:
-            missing.append(str(exc))
-            print(f"check {number} MISSING: CPython {exc} is not on this machine (no pyenv "
-                  f"version {exc}.*, no python{exc} on PATH): its wheel was NOT built or tested",
-                  flush=True)
-            continue
+            detail, outcome = str(exc), "missing"
         except CheckFailed as exc:
-            detail, ok = str(exc), False
+            detail, outcome = str(exc), "fail"
         except Exception as exc:  # noqa: BLE001 -- a bug in a check is a failed check
-            detail, ok = f"{type(exc).__name__}: {exc}", False
-        dt = time.monotonic() - t0
-        if ok:
+            detail, outcome = f"{type(exc).__name__}: {exc}", "fail"
+        return outcome, detail, time.monotonic() - t0
+
+    passed = failed = 0
+    missing = []
+
+    def report(number, title, log_path, outcome, detail, dt):
+        nonlocal passed, failed
+        if outcome == "missing":
+            missing.append(detail)
+            print(f"check {number} MISSING: CPython {detail} is not on this machine (no pyenv "
+                  f"version {detail}.*, no python{detail} on PATH): its wheel was NOT built or "
+                  "tested", flush=True)
+        elif outcome == "pass":
             passed += 1
             print(f"check {number} PASS ({dt:5.1f} s) {title}: {detail}", flush=True)
         else:
@@ -741,7 +748,37 @@ def main(argv=None):
             print(f"check {number} FAIL ({dt:5.1f} s) {title}: {first}", flush=True)
             for line in rest:
                 print(f"    | {line}", flush=True)
-            print(f"    (full log: {runner.log_path})", flush=True)
+            print(f"    (full log: {log_path})", flush=True)
+
+    # Checks 1-6 in order; then the other CPythons, CYBN_WHEEL_JOBS (default 2) at a time:
+    # a build compiles one module at a time and most of a test run is one Python thread, so
+    # two at once use both cores of a small machine. Each has its own runner and log.
+    later = []
+    for number, title, method in CHECKS:
+        if number not in selected:
+            continue
+        if isinstance(method, tuple):
+            later.append((number, title, method))
+            continue
+        runner.log_path = os.path.join(work, f"check{number}.log")
+        report(number, title, runner.log_path, *execute(number, method, checks))
+    if later:
+        runner.log_path = os.path.join(work, "setup.log")
+        try:
+            checks.dists()  # the shared sdist, built once, before the threads start
+        except CheckFailed:
+            pass  # each check then fails with the reason
+        jobs = max(1, int(os.environ.get("CYBN_WHEEL_JOBS", "2")))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = []
+            for number, title, method in later:
+                chk = copy.copy(checks)
+                chk.r = Runner(work)
+                chk.r.log_path = os.path.join(work, f"check{number}.log")
+                futures.append((number, title, chk.r.log_path,
+                                pool.submit(execute, number, method, chk)))
+            for number, title, log_path, future in futures:
+                report(number, title, log_path, *future.result())
     if checks.skips:
         print("skipped tests per run (torch is not installed in the wheel test venvs: the "
               "torch oracle tests skip; torch is tested in .ci/run's main venv on 3.11):",
