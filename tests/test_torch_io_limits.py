@@ -572,3 +572,32 @@ def test_fuzz_finding_python2_header_of_a_lone_npy():
         result = check("npz", raw)
     assert isinstance(result, cybn.StateFileError), result
     assert not caught, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("header", [
+    b"{'descr': '<f4', 'fortran_order': False, 'shape': (4L,), }",  # Python 2's long suffix
+    b"{'descr': '<f4', 'fortran_order': False",                     # unterminated
+])
+def test_npy_header_that_is_not_a_literal_never_reaches_numpys_tokenize_filter(monkeypatch,
+                                                                               header):
+    # Found by the cp312 wheel run of tools/check_wheels.py (issue 13): NumPy retries a
+    # header that is not a Python literal with its Python 2 filter (tokenize), and on
+    # Python >= 3.12 tokenize's error path opens a file named '<string>' (the 'open' audit
+    # event test_fuzz_finding_unterminated_npy_header saw there, not on 3.10/3.11). cybn.load
+    # refuses such a header itself: the filter must never run, on any Python.
+    import tokenize
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("NumPy's tokenize-based header filter ran")
+
+    monkeypatch.setattr(tokenize, "generate_tokens", forbidden)
+
+    def edit(raw):
+        end = raw.index(b"\n")
+        start = raw.index(b"{")
+        assert len(header) < end - start
+        return raw[:start] + header + b" " * (end - start - len(header)) + raw[end:]
+
+    result = check("npz", _npz_with_edited("weight", edit))
+    assert isinstance(result, cybn.StateFileError), result
+    assert "corrupt .npy header" in str(result) and "SyntaxError" in str(result)
