@@ -449,7 +449,10 @@ def test_review_overlapping_storage_records_are_refused():
                                  len(out), 0)
     result = check("torch", out)
     assert isinstance(result, cybn.TorchCheckpointError), result
-    assert "overlaps" in str(result)
+    # cybn's own check ("overlaps others"), or, first, zipfile's on Pythons that have one
+    # (3.13, and 3.12 patch releases with gh-109858's fix: "Overlapped entries ... (possible
+    # zip bomb)"; seen in the cp313 wheel run of tools/check_wheels.py, issue 13).
+    assert "overlaps" in str(result) or "Overlapped entries" in str(result), result
 
 
 def test_review_overlapping_npz_members_are_refused():
