@@ -205,7 +205,7 @@ run_aarch64() {
             continue
         fi
         result "$stage tests (pytest -m '$mark')" "$(pytest_counts "$WORK/suite-$stage.log") [exit $rc, $((SECONDS - t0)) s under emulation]"
-        result "$stage tests: skipped, and why" "$(pytest_skips "$WORK/suite-$stage.log")"
+        result "$stage tests, skipped (count x reason)" "$(pytest_skips "$WORK/suite-$stage.log")"
         [ $rc = 0 ] || { tail -60 "$WORK/suite-$stage.log"; FAILED=1; }
     done
 }
@@ -256,7 +256,7 @@ run_freethreaded() {
     (cd "$WORK/run" && PYTHON_GIL=0 "$py" -m pytest -p no:cacheprovider -q -m "not mpi" tests \
         > "$WORK/suite.log" 2>&1) || rc=$?
     result "suite, PYTHON_GIL=0 (pytest -m 'not mpi')" "$(pytest_counts "$WORK/suite.log") [exit $rc, $((SECONDS - t0)) s]"
-    result "skipped, and why" "$(pytest_skips "$WORK/suite.log")"
+    result "skipped (count x reason)" "$(pytest_skips "$WORK/suite.log")"
     [ $rc = 0 ] || { tail -40 "$WORK/suite.log"; FAILED=1; }
 
     log "free-threaded: stress tests at CYBN_STRESS_SCALE=$STRESS_SCALE, PYTHON_GIL=0"
