@@ -14,7 +14,9 @@ it writes them, so that a failed load changes nothing).
 
 from __future__ import annotations
 
+import ast
 import collections
+import io
 import math
 import os
 import warnings
@@ -256,6 +258,10 @@ def _read_entries(npz, name, size):
     return entries
 
 
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+
+
 def _check_declared_size(zf, info, key, name):
     """The header's shape x itemsize must be the bytes that follow it (before NumPy
     allocates an array of the declared shape; the member itself fits in the file, as
@@ -263,12 +269,20 @@ def _check_declared_size(zf, info, key, name):
     try:
         with zf.open(info) as f:
             version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
+            if version not in ((1, 0), (2, 0)):
                 raise ValueError(f"unsupported .npy version {version}")
+            # The header must be a Python literal, as save() writes it. NumPy would retry a
+            # header that is not with its Python 2 filter (tokenize), whose error path on
+            # Python >= 3.12 opens a file named '<string>' (an 'open' audit event, found by
+            # the cp312 wheel run of tools/check_wheels.py): refuse it before NumPy sees it.
+            size = f.read(2 if version == (1, 0) else 4)
+            length = int.from_bytes(size, "little")
+            if length > 10000:  # NumPy's own limit (max_header_size); save() writes ~120
+                raise ValueError(f"header of {length} bytes is too large")
+            text = f.read(length)
+            ast.literal_eval(text.decode("latin1"))
+            shape, _, dtype = _HEADER_READERS[version](
+                io.BytesIO(size + text))
             header = f.tell()
     except Exception as exc:  # noqa: BLE001 - NumPy's header parser (ast, tokenize) on
         # hostile text raises ValueError, SyntaxError, TokenError (found by the fuzzer),

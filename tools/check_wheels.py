@@ -27,6 +27,16 @@ Checks (one line each, then "N passed, N failed"; exit status 1 if any failed):
    test requirements); the workflows and dependabot.yml validate against their schemas;
    the cibuildwheel action is pinned to CIBUILDWHEEL_PIN; publish/artifact rules hold.
 6. mypy.stubtest on the installed package; twine check on the sdist and the wheel.
+7-9. Every other CPython on the machine (3.10, 3.12, 3.13: pyenv's builds or python3.X on
+   PATH): the wheel built from the same sdist with that interpreter (once), auditwheel repair
+   (manylinux tag, libgomp vendored), then fresh venvs with the oldest NumPy the cibuildwheel
+   overrides name for it (none for 3.13: NumPy 1.x has no cp313 wheels) and the newest 2.x:
+   tools/wheel_smoke.py and the fast lane (pytest -m "not slow and not mpi") from outside the
+   checkout. An interpreter the machine lacks is reported as "MISSING: CPython 3.X" on a
+   line of its own (and in the final count), never skipped silently.
+
+After the checks, every test run's skipped tests are listed with their counts and reasons
+(torch, the parity oracle, is not installed in these venvs, so its tests skip).
 
 Options: --keep keeps the work directory; --only 1,3 runs a subset (later checks that need
 earlier artefacts run their prerequisites silently).
@@ -35,6 +45,8 @@ earlier artefacts run their prerequisites silently).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import copy
 import glob
 import json
 import os
@@ -68,6 +80,10 @@ TOOL_REQUIREMENTS = [
 ]
 NEWEST_NUMPY = "numpy>=2,<3"
 PY_VERSIONS = ["cp310", "cp311", "cp312", "cp313", "cp314", "cp314t"]
+# Checks 1-4 and 6 use the interpreter running this script (3.11 in CI); checks 7-9 build,
+# repair and test the wheel with each of these other CPythons when the machine has it.
+OTHER_PYTHONS = ["3.10", "3.12", "3.13"]
+FAST_LANE = "not slow and not mpi"
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = "Scripts" if os.name == "nt" else "bin"
@@ -75,6 +91,10 @@ BIN = "Scripts" if os.name == "nt" else "bin"
 
 class CheckFailed(Exception):
     pass
+
+
+class MissingPython(Exception):
+    """The machine has no interpreter for a Python version the matrix needs."""
 
 
 class Runner:
@@ -114,12 +134,13 @@ class Runner:
             )
         return proc
 
-    def venv(self, name, requirements):
+    def venv(self, name, requirements, python=None, upgrade_pip=True):
         path = os.path.join(self.work, name)
         if not os.path.isdir(path):
-            self.run([sys.executable, "-m", "venv", path])
+            self.run([python or sys.executable, "-m", "venv", path])
             py = os.path.join(path, BIN, "python")
-            self.run([py, "-m", "pip", "install", "--upgrade", "pip"])
+            if upgrade_pip:
+                self.run([py, "-m", "pip", "install", "--upgrade", "pip"])
         py = os.path.join(path, BIN, "python")
         if requirements:
             self.run([py, "-m", "pip", "install", *requirements])
@@ -151,11 +172,49 @@ def oldest_numpy_pin(py_tag):
     return None
 
 
+def find_python(version):
+    """The CPython X.Y interpreter on this machine, or None: pyenv's newest X.Y.* build
+    (free-threaded and dev builds excluded), else python{X.Y} on PATH (a pyenv shim for a
+    version that is not selected fails to run and is passed over), else /usr/bin."""
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    found = [d for d in glob.glob(os.path.join(pyenv_root, "versions", f"{version}.*"))
+             if re.fullmatch(rf"{re.escape(version)}\.\d+", os.path.basename(d))]
+    found.sort(key=lambda d: int(os.path.basename(d).rsplit(".", 1)[1]), reverse=True)
+    candidates = [os.path.join(d, "bin", f"python{version}") for d in found]
+    candidates += [shutil.which(f"python{version}"), f"/usr/bin/python{version}"]
+    probe = ("import sys, sysconfig; print(sys.implementation.name, '%d.%d' % sys.version_info[:2],"
+             " bool(sysconfig.get_config_var('Py_GIL_DISABLED')))")
+    for exe in candidates:
+        if not exe or not os.path.isfile(exe):
+            continue
+        try:
+            out = subprocess.run([exe, "-c", probe], capture_output=True, text=True, timeout=60,
+                                 check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0 and out.stdout.split() == ["cpython", version, "False"]:
+            return exe
+    return None
+
+
+def pytest_summary(output):
+    """pytest's final counts line, and 'N skipped: how many per reason' from -ra's summary."""
+    counts = [ln.strip("= ") for ln in output.splitlines()
+              if re.search(r"\d+ (passed|failed|error)", ln) and " in " in ln]
+    reasons = {}
+    for m in re.finditer(r"^SKIPPED \[(\d+)\] [^\n]*?:\d+: (.*)$", output, re.MULTILINE):
+        reason = re.sub(r"\s+", " ", m.group(2)).strip()
+        reasons[reason] = reasons.get(reason, 0) + int(m.group(1))
+    why = "; ".join(f"{n} x {r[:90]}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return (counts[-1] if counts else "?"), why
+
+
 class Checks:
     def __init__(self, runner):
         self.r = runner
         self.work = runner.work
         self.state = {}
+        self.skips = []  # "where: N x reason; ..." per test run, printed after the checks
 
     # -- shared prerequisites ---------------------------------------------------------------
 
@@ -335,8 +394,10 @@ class Checks:
                                "VIRTUAL_ENV": os.path.dirname(venv_bin)})
         expect("wheel smoke: OK" in proc.stdout, "tools/wheel_smoke.py did not report OK")
         runtime = re.search(r"OpenMP runtime +: (\S+)", proc.stdout)
-        summary = [ln for ln in proc.stdout.splitlines() if re.search(r"\d+ passed", ln)]
-        return version, ((summary[-1].strip("= ") if summary else "?") + ", OpenMP runtime "
+        counts, skipped = pytest_summary(proc.stdout)
+        self.skips.append(f"cp{sys.version_info[0]}{sys.version_info[1]} NumPy {version}: "
+                          f"{skipped or 'nothing skipped'}")
+        return version, (counts + ", OpenMP runtime "
                          + (os.path.relpath(runtime.group(1), self.work) if runtime else "?"))
 
     def check3_numpy(self):
@@ -350,6 +411,54 @@ class Checks:
             self.r.log(f"no oldest-NumPy override for {py_tag}: newest NumPy only")
         results.append(self._suite_in_venv("venv-numpy-newest", NEWEST_NUMPY))
         return "; ".join(f"NumPy {v}: {s}" for v, s in results)
+
+    def check_other_python(self, version):
+        """Wheel from the sdist with CPython `version`, auditwheel repair, then the fast lane
+        from outside the checkout with the oldest NumPy its override names and the newest."""
+        exe = find_python(version)
+        if exe is None:
+            raise MissingPython(version)
+        tag = "cp" + version.replace(".", "")
+        sdist, _ = self.dists()
+        # (the interpreter's bundled pip: no upgrade, to save time)
+        build_py = self.r.venv(f"venv-build-{tag}", [], python=exe, upgrade_pip=False)
+        out = os.path.join(self.work, f"dist-{tag}")
+        self.r.run([build_py, "-m", "pip", "wheel", "--no-deps", "-w", out, sdist],
+                   env={"CYBN_REQUIRE_OPENMP": "1"})
+        wheels = glob.glob(os.path.join(out, f"cybn-*-{tag}-{tag}-linux_*.whl"))
+        expect(len(wheels) == 1, f"expected one {tag} wheel in {out}, got {os.listdir(out)}")
+        dest = os.path.join(self.work, f"wheelhouse-{tag}")
+        command = cibw_config()["linux"]["repair-wheel-command"]
+        argv = [a.replace("{dest_dir}", dest).replace("{wheel}", wheels[0]) for a in command.split()]
+        self.r.run([self.tool("auditwheel"), *argv[1:]])
+        repaired = glob.glob(os.path.join(dest, "*.whl"))
+        expect(len(repaired) == 1, f"expected one repaired wheel, got {repaired}")
+        name = os.path.basename(repaired[0])
+        expect(re.search(rf"-{tag}-{tag}-manylinux_\d+_\d+_{platform.machine()}\.whl$", name),
+               f"not a {tag} manylinux wheel: {name}")
+        with zipfile.ZipFile(repaired[0]) as zf:
+            expect(any(re.match(r"cybn\.libs/libgomp", n) for n in zf.namelist()),
+                   f"no libgomp vendored in {name}")
+        requirements = [r for r in cibw_config()["test-requires"] if not r.startswith("numpy")]
+        oldest = oldest_numpy_pin(tag)
+        results = []
+        for label, numpy_req in ([("oldest", oldest)] if oldest else []) + [("newest", NEWEST_NUMPY)]:
+            py = self.r.venv(f"venv-{tag}-{label}", [repaired[0], *requirements, numpy_req],
+                             python=exe, upgrade_pip=False)
+            np_version = self.r.run(
+                [py, "-c", "import numpy; print(numpy.__version__)"]).stdout.split()[-1]
+            run_dir = self.test_dir(f"run-{tag}-{label}")
+            self.r.run([py, os.path.join(ROOT, "tools", "wheel_smoke.py")], cwd=run_dir)
+            proc = self.r.run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", FAST_LANE,
+                               "tests"], cwd=run_dir)
+            counts, skipped = pytest_summary(proc.stdout)
+            self.skips.append(f"{tag} NumPy {np_version}: {skipped or 'nothing skipped'}")
+            results.append(f"NumPy {np_version}: {counts}")
+        if not oldest:
+            results.append("no oldest-NumPy override for this Python")
+        pyv = self.r.run([exe, "-c", "import platform; print(platform.python_version())"])
+        return (f"CPython {pyv.stdout.strip()} ({exe}) -> {name}; fast lane: "
+                + "; ".join(results))
 
     def check4_serial(self):
         """CYBN_OPENMP=0 wheel; compiler without OpenMP -> serial; + REQUIRE -> build fails."""
@@ -573,6 +682,8 @@ CHECKS = [
     (4, "serial builds: CYBN_OPENMP=0, no-OpenMP CC, REQUIRE", "check4_serial"),
     (5, "cibuildwheel identifiers/schema, workflow schemas", "check5_config"),
     (6, "mypy.stubtest + twine check", "check6_typing_metadata"),
+    *[(7 + i, f"CPython {v}: wheel, auditwheel, oldest + newest NumPy fast lane",
+       ("check_other_python", v)) for i, v in enumerate(OTHER_PYTHONS)],
 ]
 
 
@@ -601,21 +712,34 @@ def main(argv=None):
     except CheckFailed as exc:
         print(f"   setup: FAILED ({exc}); see {runner.log_path}", flush=True)
 
-    passed = failed = 0
-    for number, title, method in CHECKS:
-        if number not in selected:
-            continue
-        runner.log_path = os.path.join(work, f"check{number}.log")
+    def execute(number, method, chk):
+        """Run one check; return (outcome, detail, seconds): outcome pass, fail or missing."""
         t0 = time.monotonic()
         try:
-            detail = getattr(checks, method)()
-            ok = True
+            if isinstance(method, tuple):
+                detail = getattr(chk, method[0])(*method[1:])
+            else:
+                detail = getattr(chk, method)()
+            outcome = "pass"
+        except MissingPython as exc:
+            detail, outcome = str(exc), "missing"
         except CheckFailed as exc:
-            detail, ok = str(exc), False
+            detail, outcome = str(exc), "fail"
         except Exception as exc:  # noqa: BLE001 -- a bug in a check is a failed check
-            detail, ok = f"{type(exc).__name__}: {exc}", False
-        dt = time.monotonic() - t0
-        if ok:
+            detail, outcome = f"{type(exc).__name__}: {exc}", "fail"
+        return outcome, detail, time.monotonic() - t0
+
+    passed = failed = 0
+    missing = []
+
+    def report(number, title, log_path, outcome, detail, dt):
+        nonlocal passed, failed
+        if outcome == "missing":
+            missing.append(detail)
+            print(f"check {number} MISSING: CPython {detail} is not on this machine (no pyenv "
+                  f"version {detail}.*, no python{detail} on PATH): its wheel was NOT built or "
+                  "tested", flush=True)
+        elif outcome == "pass":
             passed += 1
             print(f"check {number} PASS ({dt:5.1f} s) {title}: {detail}", flush=True)
         else:
@@ -624,13 +748,53 @@ def main(argv=None):
             print(f"check {number} FAIL ({dt:5.1f} s) {title}: {first}", flush=True)
             for line in rest:
                 print(f"    | {line}", flush=True)
-            print(f"    (full log: {runner.log_path})", flush=True)
+            print(f"    (full log: {log_path})", flush=True)
+
+    # Checks 1-6 in order; then the other CPythons, CYBN_WHEEL_JOBS (default 2) at a time:
+    # a build compiles one module at a time and most of a test run is one Python thread, so
+    # two at once use both cores of a small machine. Each has its own runner and log.
+    later = []
+    for number, title, method in CHECKS:
+        if number not in selected:
+            continue
+        if isinstance(method, tuple):
+            later.append((number, title, method))
+            continue
+        runner.log_path = os.path.join(work, f"check{number}.log")
+        report(number, title, runner.log_path, *execute(number, method, checks))
+    if later:
+        runner.log_path = os.path.join(work, "setup.log")
+        try:
+            checks.dists()  # the shared sdist, built once, before the threads start
+        except CheckFailed:
+            pass  # each check then fails with the reason
+        jobs = max(1, int(os.environ.get("CYBN_WHEEL_JOBS", "2")))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = []
+            for number, title, method in later:
+                chk = copy.copy(checks)
+                chk.r = Runner(work)
+                chk.r.log_path = os.path.join(work, f"check{number}.log")
+                futures.append((number, title, chk.r.log_path,
+                                pool.submit(execute, number, method, chk)))
+            for number, title, log_path, future in futures:
+                report(number, title, log_path, *future.result())
+    if checks.skips:
+        print("skipped tests per run (torch is not installed in the wheel test venvs: the "
+              "torch oracle tests skip; torch is tested in .ci/run's main venv on 3.11):",
+              flush=True)
+        for line in checks.skips:
+            print(f"    {line}", flush=True)
+    for version in missing:
+        print(f"MISSING: CPython {version}", flush=True)
     print(f"== total {time.monotonic() - t_all:.0f} s", flush=True)
     if failed or args.keep:
         print(f"work directory kept: {work}", flush=True)
     else:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed", flush=True)
+    print(f"{passed} passed, {failed} failed"
+          + (f", {len(missing)} missing (CPython {', '.join(missing)})" if missing else ""),
+          flush=True)
     return 1 if failed else 0
 
 
