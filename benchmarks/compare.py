@@ -1336,7 +1336,7 @@ def _fused_candidates(x, w, b, r, dy, threads, use_torch):
     """{name: callable} for one case; r: the residual or None."""
     import cybn.functional as F
     nt = threads
-    kw = {"residual": r} if r is not None else {}
+    kw = {"residual": r}  # None: no residual (batch_norm_backward requires it explicitly)
 
     def bn_fwd():
         return F.batch_norm_forward(x, w, b, None, None, True, MOMENTUM, EPS, n_threads=nt)

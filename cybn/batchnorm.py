@@ -87,7 +87,8 @@ def _cast_state(value, dtype, key):
         raise ValueError(f"{key} is out of range for {dtype}: {value}") from None
 
 
-def _check_renorm_options(renorm, rmax, dmax, track_running_stats, attribute=False):
+def _check_renorm_options(renorm, rmax, dmax, track_running_stats, attribute=False,
+                          constructor=False):
     """Validate batch renormalization's options; return (rmax, dmax) when on, else None.
 
     ``rmax`` and ``dmax`` are checked whether or not renorm is on (a bad value would
@@ -111,6 +112,10 @@ def _check_renorm_options(renorm, rmax, dmax, track_running_stats, attribute=Fal
         if not attribute:
             raise
         raise type(exc)(f"self.{exc}") from None
+    if constructor and not renorm and bounds != (1.0, 0.0):
+        # a likely slip (renorm forgotten); assigning m.rmax before m.renorm stays possible
+        raise ValueError(f"rmax and dmax take effect only with renorm=True, got "
+                         f"rmax={rmax!r}, dmax={dmax!r} with renorm=False")
     return bounds if renorm else None
 
 
@@ -156,7 +161,7 @@ class _BatchNorm:
             _check_count(n_threads)
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
             raise TypeError(f"axis must be an int, got {type(axis).__name__}")
-        _check_renorm_options(renorm, rmax, dmax, track_running_stats)
+        _check_renorm_options(renorm, rmax, dmax, track_running_stats, constructor=True)
         virtual_batch_size = F._check_virtual_batch_size(virtual_batch_size)
         F._check_activation(activation)
         if renorm and activation is not None:

@@ -38,6 +38,7 @@ _F64 = np.dtype(np.float64)
 # input or parameter dtype -> dtype the kernels compute and store in
 _COMPUTE = {_F16: _F32, _F32: _F32, _F64: _F64}
 _CNAME = {_F32: "float", _F64: "double"}
+_UNSET = object()  # batch_norm_backward's "argument not given" (None is a valid value)
 _EMPTY = np.empty(0, dtype=np.float64)
 _EMPTY.flags.writeable = False
 
@@ -1000,7 +1001,7 @@ def batch_norm_forward(input, weight, bias, running_mean, running_var, training,
 
 def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, training=True,
                         running_mean=None, running_var=None, eps=1e-5, out=None, axis=1,
-                        n_threads=None, activation=None, residual=None, bias=None):
+                        n_threads=None, activation=None, residual=_UNSET, bias=_UNSET):
     r"""Gradients of batch norm (``native_batch_norm_backward``).
 
     With :math:`\hat x = (x - \mu)\,\sigma^{-1}` and sums over every axis but axis 1
@@ -1046,8 +1047,11 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         in between changes the gradient.
     residual : ndarray or None, keyword-only
         The forward's residual (input's shape and dtype); needs ``activation="relu"``.
+        Required with an activation (None when the forward had none).
     bias : ndarray of shape (C,) or None, keyword-only
-        The forward's bias (0 when None); read only with an activation. With per-channel
+        The forward's bias (0 when None); read only with an activation, and then
+        required (None when the forward had none): TypeError if ``bias`` or
+        ``residual`` is not passed, since a forgotten one would change the mask. With per-channel
         arrays of mixed dtypes pass them as the forward resolved them (the first given of
         running_mean, running_var, weight, bias sets the dtype), else a value at the
         threshold may be decided differently.
@@ -1095,8 +1099,19 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, *, t
         stats = (running_mean.astype(np.float64),
                  1.0 / np.sqrt(running_var.astype(np.float64) + eps))
     act = 0
-    if activation is not None or residual is not None:
+    if activation is not None:
         act = _check_activation(activation)
+        # the mask is recomputed from the forward's bias and residual: a forgotten one
+        # would silently give other gradients, so with an activation both are required
+        missing = [n for n, v in (("bias", bias), ("residual", residual)) if v is _UNSET]
+        if missing:
+            raise TypeError(
+                f"with activation={activation!r}, pass the forward's "
+                + " and ".join(f"{n}=" for n in missing)
+                + " (None if the forward had none): the ReLU's mask is recomputed from them")
+    bias = None if bias is _UNSET else bias
+    residual = None if residual is _UNSET else residual
+    if act or residual is not None:
         _check_residual(residual, input, act, ("out", out))
     x = input if input.dtype == xdt else input.astype(xdt)
     saved = _SavedInput(input, as_ncl(x, axis), xdt, axis, act, residual)

@@ -15,6 +15,8 @@ and unbiased variance of all rows seen, whatever the batch sizes.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .batchnorm import _BatchNorm
@@ -66,7 +68,9 @@ class population_stats:
     Evaluation-mode forwards inside the block are ordinary and are not counted. With
     ghost batches each virtual batch is merged; with SyncBatchNorm the global batch is
     (every rank gets the same statistics). If the block raises, or no value was seen,
-    the running statistics and ``num_batches_tracked`` are left exactly as they were.
+    the running statistics and ``num_batches_tracked`` are left exactly as they were;
+    a module that saw no value (e.g. left in evaluation mode: the modules' modes are not
+    changed) also gets a ``RuntimeWarning``.
 
     This replaces the momentum average that torch's ``swa_utils.update_bn`` and fvcore's
     PreciseBN approximate with (the mean of per-batch variances is not the variance of the
@@ -155,6 +159,14 @@ class population_stats:
             return False
         done = [(m, pop) for m, pop in zip(self.modules, self._pops)
                 if pop.records is not None and m.running_mean is not None]
+        for m, pop in zip(self.modules, self._pops):
+            if pop.records is None:
+                # e.g. the model was put in evaluation mode for the pass (torch's
+                # update_bn switches to training mode itself; cybn does not change modes)
+                warnings.warn(
+                    f"population_stats: {m!r} saw no values in the block (no training-mode "
+                    "forward with a non-empty batch: is it in evaluation mode?); its "
+                    "running statistics are unchanged", RuntimeWarning, stacklevel=2)
         # every module's arrays are checked before any is written: all change, or none
         _check_targets([m for m, _ in done])
         for m, pop in done:

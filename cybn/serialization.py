@@ -339,6 +339,10 @@ def _build(entries, name):
     for key in ("rmax", "dmax"):
         if key in options:
             options[key] = float(options[key])
+    # rmax/dmax of a module without renorm (assigned before switching renorm on) are set
+    # after construction, which refuses them without renorm
+    later = {} if options.get("renorm") else {k: options.pop(k) for k in ("rmax", "dmax")
+                                               if k in options}
     cls = str(meta["__class__"])
     if cls not in _CLASSES:
         raise StateFileError(f"{name} holds an unknown module class {cls!r}")
@@ -370,6 +374,9 @@ def _build(entries, name):
             affine=affine, track_running_stats=track,
             bias=bool(meta["has_bias"]), dtype=str(meta["dtype"]), axis=int(meta["axis"]),
             check_finite=bool(meta["check_finite"]), **options)
+        if later:
+            module.rmax, module.dmax = F._check_renorm(later.get("rmax", 1.0),
+                                                       later.get("dmax", 0.0))
         module.load_state_dict({k: entries[k] for k in _STATE_KEYS if k in entries})
     except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError, Warning) as exc:
         raise StateFileError(f"{name}: the saved module cannot be rebuilt "

@@ -430,7 +430,8 @@ class SyncBatchNorm(_BatchNorm):
         m = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
                 bias=bn.bias is not None, comm=comm, dtype=bn.dtype, axis=bn.axis,
                 check_finite=bn.check_finite, n_threads=bn.n_threads, renorm=bn.renorm,
-                rmax=bn.rmax, dmax=bn.dmax)
+                **({"rmax": bn.rmax, "dmax": bn.dmax} if bn.renorm else {}))
+        m.rmax, m.dmax = bn.rmax, bn.dmax  # also when set ahead of switching renorm on
         m.weight = bn.weight
         m.bias = bn.bias
         m.running_mean = bn.running_mean

@@ -653,9 +653,14 @@ ROWS = [
         "F.batch_norm_backward(g, x, w, sm, si, activation='relu', residual=x[:2], bias=b)",
         V, "residual must have the input's shape (4, 3), got (2, 3)"),
     Row("F-bwd-bias", FB, "bias of the wrong size with an activation",
-        "F.batch_norm_backward(g, x, w, sm, si, activation='relu', bias=b[:2])", V,
+        "F.batch_norm_backward(g, x, w, sm, si, activation='relu', bias=b[:2], "
+        "residual=None)", V,
         "bias should contain 3 elements not 2 (the input has 3 channels along axis 1; bias "
         "has shape (2,))"),
+    Row("F-bwd-bias-missing", FB, "an activation without the forward's bias and residual",
+        "F.batch_norm_backward(g, x, w, sm, si, activation='relu')", T,
+        "with activation='relu', pass the forward's bias= and residual= (None if the "
+        "forward had none): the ReLU's mask is recomputed from them"),
     Row("F-bwd-residual-out", FB, "out is the residual",
         "F.batch_norm_backward(g, x, w, sm, si, activation='relu', residual=r, bias=b, "
         "out=r)", V, "out must not overlap residual (the backward reads the residual again)",

@@ -69,7 +69,7 @@ def test_numpy_bool_training_and_renorm_are_accepted(x):
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_copies_made_inside_a_block_are_not_in_it(x, how):
     m = cybn.BatchNorm1d(3)
-    with cybn.population_stats(m):
+    with pytest.warns(RuntimeWarning, match="saw no values"), cybn.population_stats(m):
         c = copy.deepcopy(m) if how == "deepcopy" else pickle.loads(pickle.dumps(m))
     c(x)
     assert int(c.num_batches_tracked) == 1
@@ -180,7 +180,10 @@ def test_constructor_checks_rmax_dmax_always_and_save_keeps_them():
         cybn.BatchNorm1d(3, rmax=0.5)
     with pytest.raises(TypeError, match="dmax must be a real number, got str"):
         cybn.BatchNorm1d(3, dmax="x")
-    m = cybn.BatchNorm1d(3, rmax=2.5, dmax=1.0)
+    with pytest.raises(ValueError, match="rmax and dmax take effect only with renorm=True"):
+        cybn.BatchNorm1d(3, rmax=2.5)
+    m = cybn.BatchNorm1d(3)
+    m.rmax, m.dmax = 2.5, 1.0   # assigned before switching renorm on: kept by save/load
     buf = io.BytesIO()
     cybn.save(m, buf)
     buf.seek(0)
@@ -217,3 +220,11 @@ def test_population_exact_after_fixes(rng):
     mean, _, var_u = batch_stats(data)
     assert_close(m.running_mean, mean)
     assert_close(m.running_var, var_u)
+
+
+def test_population_warns_when_a_module_saw_nothing(x):
+    m = cybn.BatchNorm1d(3).eval()
+    with pytest.warns(RuntimeWarning, match="saw no values in the block"):
+        with cybn.population_stats(m):
+            m(x)
+    np.testing.assert_array_equal(m.running_mean, 0)

@@ -114,7 +114,7 @@ def test_mask_is_the_forwards_decision(shape, dt):
                                      activation="relu", residual=zero)
     assert np.array_equal(y0, y0r)
     assert np.all(y0[:, 0] == 0)
-    g0 = F.batch_norm_backward(g, x, w, sm0, si0, activation="relu", bias=b)
+    g0 = F.batch_norm_backward(g, x, w, sm0, si0, activation="relu", bias=b, residual=None)
     g0r = F.batch_norm_backward(g, x, w, sm0, si0, activation="relu", bias=b, residual=zero)
     for a, c in zip(g0, g0r):
         assert np.array_equal(a, c)
@@ -427,3 +427,15 @@ def test_state_file_keeps_the_activation(rng):
     assert m2.activation == "relu" and repr(m2) == repr(m)
     np.testing.assert_array_equal(m(x), m2(x))
     assert np.all(m2(x) >= 0)
+
+
+def test_functional_backward_requires_bias_and_residual_with_an_activation(rng):
+    # a forgotten bias= or residual= would silently change the recomputed mask
+    x = rng.normal(size=(16, 3)).astype(np.float32)
+    w, b = np.ones(3, np.float32), np.full(3, 0.5, np.float32)
+    _, sm, si = F.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5, activation="relu")
+    with pytest.raises(TypeError, match="pass the forward's bias= and residual= "):
+        F.batch_norm_backward(x, x, w, sm, si, activation="relu")
+    with pytest.raises(TypeError, match="pass the forward's residual= "):
+        F.batch_norm_backward(x, x, w, sm, si, activation="relu", bias=b)
+    F.batch_norm_backward(x, x, w, sm, si, activation="relu", bias=b, residual=None)

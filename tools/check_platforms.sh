@@ -29,6 +29,9 @@ APT_TRIXIE="-o Dir::Etc::SourceList=$CACHE/apt-trixie/sources.list -o Dir::Etc::
  -o Dir::Cache::archives=$CACHE/apt-trixie/archives"
 
 log() { echo "== $(date -u +%H:%M:%S) $*"; }
+# The commit this run tests, taken now: the record is written half an hour later
+CYBN_RECORD_COMMIT="$("${PYTHON:-python3}" "$ROOT/tools/record_platform.py" --describe)"
+export CYBN_RECORD_COMMIT
 die() { echo "check_platforms: $*" >&2; exit 1; }
 
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (apt-get, debootstrap, chroot)"; }

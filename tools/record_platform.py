@@ -2,6 +2,7 @@
 """Write an on-demand platform run's results into docs/platforms.md (tools/check_platforms.sh).
 
     python tools/record_platform.py NAME RESULTS_FILE
+    python tools/record_platform.py --describe     # the commit (+ dirty flag) to record
 
 RESULTS_FILE holds "key: value" lines. The block between ``<!-- platform-results: NAME -->``
 and ``<!-- /platform-results: NAME -->`` is replaced by a table of them, headed by the
@@ -38,13 +39,19 @@ def cell(text):
 
 
 def main(argv):
+    if argv == ["--describe"]:
+        print(commit_description())   # check_platforms.sh takes this when a run starts
+        return
     name, results_file = argv
+    # the commit the run built its sdist from (CYBN_RECORD_COMMIT, set by check_platforms.sh
+    # when the run starts): HEAD may have moved during a run of half an hour
+    tested = os.environ.get("CYBN_RECORD_COMMIT") or commit_description()
     with open(results_file, encoding="utf-8") as f:
         rows = [line.rstrip("\n").split(": ", 1) for line in f if ": " in line]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [
         (f"Recorded by `bash tools/check_platforms.sh {name}` on {now}, commit "
-         f"`{commit_description()}`, host {platform.machine()} {platform.system()} "
+         f"`{tested}`, host {platform.machine()} {platform.system()} "
          f"({os.cpu_count()} CPUs)."),
         "",
         "| what | result |",
