@@ -172,6 +172,19 @@ def _check_momentum(momentum, finite=True):
     return momentum
 
 
+def _update_factor(momentum, module, running_mean, running_var, prefix):
+    """The running-statistics update's weight of the batch, after checking what it needs:
+    ``momentum`` (a module's None: ``1 / (num_batches_tracked + 1)``, the cumulative
+    average) and that both running statistics are writeable."""
+    if momentum is None and module is not None:
+        factor = 1.0 / float(module.num_batches_tracked + 1)
+    else:
+        factor = _check_momentum(momentum)
+    _check_writeable(running_mean, prefix + "running_mean")
+    _check_writeable(running_var, prefix + "running_var")
+    return factor
+
+
 def _check_training(training):
     # torch's argument parser takes a bool (or NumPy bool) only: training="False" is a str,
     # and truthy, so bool() would silently run a training step
@@ -455,12 +468,7 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
         _check_batch_size(input.shape, axis)
     factor = 0.0
     if update:
-        if momentum is None and module is not None:
-            factor = 1.0 / float(module.num_batches_tracked + 1)
-        else:
-            factor = _check_momentum(momentum)
-        _check_writeable(running_mean, prefix + "running_mean")
-        _check_writeable(running_var, prefix + "running_var")
+        factor = _update_factor(momentum, module, running_mean, running_var, prefix)
     elif module is None and type(momentum) is not float:
         _check_momentum(momentum, finite=False)  # unused, but a wrong type is a mistake
     if type(eps) is not float or not eps > 0:
@@ -817,12 +825,7 @@ def _forward_ghost(input, weight, bias, running_mean, running_var, momentum, eps
     for name, a in (("running_mean", running_mean), ("running_var", running_var)):
         _check_channels(a, "self." + name, C, axis)  # before their flags are read
     if update:
-        if momentum is None:
-            factor = 1.0 / float(module.num_batches_tracked + 1)
-        else:
-            factor = _check_momentum(momentum)
-        _check_writeable(running_mean, "self.running_mean")
-        _check_writeable(running_var, "self.running_var")
+        factor = _update_factor(momentum, module, running_mean, running_var, "self.")
     if activation is not None or residual is not None:
         _check_residual(residual, input, _check_activation(activation), ("out", out))
     x = input if _rows_outermost(input) else np.ascontiguousarray(input)
