@@ -286,8 +286,12 @@ class SyncBatchNorm(_BatchNorm):
         number of cores.
     renorm, rmax, dmax : bool, float, float (keyword-only)
         Batch renormalization with the global batch's statistics, as in
-        :class:`cybn.BatchNorm1d`. (``virtual_batch_size`` is not supported: the batch
-        is the global one.)
+        :class:`cybn.BatchNorm1d`.
+    virtual_batch_size, activation : None (keyword-only)
+        Not supported, and accepted only so that code written for
+        :class:`cybn.BatchNorm1d` gets a ValueError that says so (raised before mpi4py
+        is imported): the batch is the global one, and the ReLU is applied to the
+        output.
 
     Attributes
     ----------
@@ -371,7 +375,15 @@ class SyncBatchNorm(_BatchNorm):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, bias=True, comm=None, dtype=np.float32,
                  axis=1, check_finite=False, n_threads=None, renorm=False, rmax=1.0,
-                 dmax=0.0):
+                 dmax=0.0, virtual_batch_size=None, activation=None):
+        if virtual_batch_size is not None:
+            raise ValueError(
+                "SyncBatchNorm does not support virtual_batch_size (its batch is the global "
+                f"one), got virtual_batch_size={virtual_batch_size!r}; leave it None")
+        if activation is not None:
+            raise ValueError(
+                f"SyncBatchNorm does not fuse an activation, got activation={activation!r}; "
+                "leave it None and apply the ReLU to the output")
         MPI = _import_mpi()
         if comm is None:
             comm = MPI.COMM_WORLD

@@ -682,6 +682,14 @@ ROWS = [
         "cybn.SyncBatchNorm.from_module(mr)", V,
         "SyncBatchNorm does not fuse an activation, got a module with activation='relu'",
         setup="mr = cybn.BatchNorm1d(3, activation='relu')"),
+    Row("sync-activation-arg", AD, "SyncBatchNorm constructed with a fused ReLU",
+        "cybn.SyncBatchNorm(3, activation='relu')", V,
+        "SyncBatchNorm does not fuse an activation, got activation='relu'; leave it None "
+        "and apply the ReLU to the output"),
+    Row("sync-ghost-arg", AD, "SyncBatchNorm constructed with virtual batches",
+        "cybn.SyncBatchNorm(3, virtual_batch_size=2)", V,
+        "SyncBatchNorm does not support virtual_batch_size (its batch is the global one), "
+        "got virtual_batch_size=2; leave it None"),
 ]
 
 ROWS += [
