@@ -69,10 +69,16 @@ ISA_BUILDS = (
              {"msvc": ["/arch:AVX2"], "default": ["-mavx2"]},
              "#include <immintrin.h>\n"
              "__m256i cybn_isa_probe(__m256i a, __m256i b) { return _mm256_add_epi32(a, b); }\n"),
-    # x86-64-v4's AVX-512 subsets, F, BW, DQ and VL (they imply AVX2). GCC 12 and clang
-    # emit 512-bit vectors with these flags under their generic tuning (-mtune=generic sets
-    # no 256-bit preference), so -mprefer-vector-width is left at its default; the 256-bit
-    # alternative, -mprefer-vector-width=256, measured MEASUREMENT_PENDING.
+    # x86-64-v4's AVX-512 subsets, F, BW, DQ and VL (they imply AVX2). -mprefer-vector-width
+    # is left at the compiler's default: GCC 12's generic tuning already emits 512-bit
+    # vectors with these flags (a loop compiled with and without -mprefer-vector-width=512
+    # gives the same assembly). The alternative, -mprefer-vector-width=256 (AVX-512
+    # instructions on 256-bit vectors, against clock throttling on older Xeons), measured
+    # against the default with benchmarks/compare_builds.py --old-args on 2026-12-08 (Xeon,
+    # Sapphire Rapids class, 2 vCPUs; 6 shapes x float32/64 x fwd_train/bwd/fwd_eval, 2 runs):
+    # 512-bit / 256-bit time, 1 thread, median 0.989 (0.889-1.043); float32 backward 0.965,
+    # best case (65536, 256) float32 backward 0.889; 2 threads too noisy to call (another
+    # job held a core). So 512-bit.
     IsaBuild("avx512", "cybn._kernels_avx512", "CYBN_AVX512", "AVX-512",
              {"msvc": ["/arch:AVX512"],
               "default": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"]},
