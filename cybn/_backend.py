@@ -16,11 +16,16 @@ the kernels vectorise only across independent accumulators), so the choice chang
 ``avx512``. An unknown value, or a build that was not built or cannot run here, raises at
 ``import cybn`` rather than being ignored (running AVX2 or AVX-512 code on a CPU without it
 would kill the process with SIGILL).
+
+An ISA module is imported only after its CPU check passed: importing runs the module's own
+initialisation code, compiled with its flags too. ``import cybn._kernels_avx512`` under
+``qemu-x86_64 -cpu Haswell`` (AVX2, no AVX-512) dies with SIGILL before any kernel runs.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from collections.abc import Callable
 from types import ModuleType
@@ -51,16 +56,20 @@ KERNEL_BUILDS = ("baseline", *(b.name for b in reversed(_ISA_BUILDS)))
 _ENV = "CYBN_KERNELS"
 
 
-def _module(build: _IsaBuild) -> ModuleType | None:
-    try:
-        return importlib.import_module(f".{build.module}", __package__)
-    except ImportError:  # not built: a non-x86-64 target, its switch was 0, or the compiler
-        return None      # rejected its flags
+def _built(build: _IsaBuild) -> bool:
+    """Whether the module is installed (found, not imported: see the module docstring). It is
+    not on non-x86-64 targets, with its switch 0, or when the compiler rejected its flags."""
+    return importlib.util.find_spec(f"{__package__}.{build.module}") is not None
 
 
 def _runs_here(build: _IsaBuild) -> bool:
     check: Callable[[], bool] = getattr(_cpu, build.cpu_check)
     return check()
+
+
+def _module(build: _IsaBuild) -> ModuleType:
+    """Import the module; only after _built() and _runs_here() said yes."""
+    return importlib.import_module(f".{build.module}", __package__)
 
 
 def _select(request: str) -> tuple[str, ModuleType]:
@@ -74,14 +83,14 @@ def _select(request: str) -> tuple[str, ModuleType]:
     for build in _ISA_BUILDS:
         if choice not in ("auto", build.name):
             continue
-        module = _module(build)
-        if module is not None and _runs_here(build):
-            return build.name, module
+        built = _built(build)
+        if built and _runs_here(build):
+            return build.name, _module(build)
         if choice == build.name:
             why = (f"this copy of cybn has no {build.label} build (cybn.{build.module} is built"
                    f" only for x86-64 targets, and not when {build.switch}=0 was set or the"
                    f" compiler rejected the {build.label} flags; cybn.show_config() shows the"
-                   " build)" if module is None
+                   " build)" if not built
                    else f"this CPU or operating system does not support {build.label}")
             raise RuntimeError(f"{_ENV}={build.name} was requested, but {why}; unset {_ENV}"
                                " or use 'baseline'")
@@ -97,8 +106,7 @@ def kernels_info() -> dict[str, object]:
     return {
         "selected": _NAME,
         "module": kernels.__name__,
-        "built": ["baseline", *(b.name for b in reversed(_ISA_BUILDS)
-                                if _module(b) is not None)],
+        "built": ["baseline", *(b.name for b in reversed(_ISA_BUILDS) if _built(b))],
         **{f"cpu_has_{b.name}": _runs_here(b) for b in reversed(_ISA_BUILDS)},
         _ENV: _REQUEST,
     }

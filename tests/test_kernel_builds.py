@@ -146,8 +146,18 @@ def _cpu_has(monkeypatch, *names):
         monkeypatch.setattr(_cpu, b.cpu_check, lambda ok=b.name in names: ok)
 
 
+def _fake_modules(monkeypatch):
+    """Stand-ins for the ISA modules that are built: _select may then "import" a build the real
+    CPU cannot run (a patched CPU check says it can) without executing its code."""
+    import types
+    fakes = {b.name: types.ModuleType(f"cybn.{b.module}") for b in ISA_BUILDS
+             if _backend._built(b)}
+    monkeypatch.setattr(_backend, "_module", lambda b: fakes[b.name])
+    return {b.name: fakes.get(b.name) for b in ISA_BUILDS}
+
+
 def test_select_rules(monkeypatch):
-    modules = {b.name: _backend._module(b) for b in ISA_BUILDS}
+    modules = _fake_modules(monkeypatch)
     assert _backend._select("baseline") == ("baseline", _backend._baseline)
     assert _backend._select(" Baseline ")[0] == "baseline"
     with pytest.raises(ValueError, match=r"CYBN_KERNELS='sse9' is not understood; expected"
@@ -185,9 +195,10 @@ def test_select_rules(monkeypatch):
 
 @pytest.mark.parametrize("build", ISA_BUILDS, ids=lambda b: b.name)
 def test_select_refuses_a_build_not_built(monkeypatch, build):
-    # as on a non-x86-64 target or with CYBN_AVX512=0: the import of the module fails
-    real = _backend._module
-    monkeypatch.setattr(_backend, "_module", lambda b: None if b == build else real(b))
+    # as on a non-x86-64 target or with CYBN_AVX512=0: the module is not installed
+    _fake_modules(monkeypatch)
+    real = _backend._built
+    monkeypatch.setattr(_backend, "_built", lambda b: b != build and real(b))
     _cpu_has(monkeypatch, "avx2", "avx512")
     with pytest.raises(RuntimeError, match=f"no {build.label} build .*{build.switch}=0"):
         _backend._select(build.name)
@@ -236,6 +247,20 @@ def test_cpu_check_agrees_with_the_os():
     assert _cpu.has_avx2() == ("avx2" in flags)
     assert _cpu.has_avx512() == (
         "avx2" in flags and {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= set(flags))
+
+
+def test_a_build_is_imported_only_where_it_runs(monkeypatch):
+    # importing an ISA module runs code compiled with its flags (SIGILL on a CPU without
+    # them): _select must ask the CPU first
+    imported = []
+    monkeypatch.setattr(_backend, "_module", lambda b: imported.append(b.name))
+    _cpu_has(monkeypatch, "avx2")
+    _backend._select("auto")
+    assert "avx512" not in imported
+    _cpu_has(monkeypatch)
+    assert _backend._select("auto")[0] == "baseline"
+    assert _backend.kernels_info()["built"] == BUILT
+    assert imported in ([], ["avx2"])
 
 
 def test_show_config_names_the_kernels():

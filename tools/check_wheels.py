@@ -683,7 +683,8 @@ class Checks:
                                                NEWEST_NUMPY, "mypy"])
         cwd = os.path.join(self.work, "stubtest-cwd")
         os.makedirs(cwd, exist_ok=True)
-        proc = self.r.run([py, "-m", "mypy.stubtest", "cybn",
+        # tests/_stubtest.py: stubtest that never imports a kernel build this CPU cannot run
+        proc = self.r.run([py, os.path.join(ROOT, "tests", "_stubtest.py"), "cybn",
                            "--mypy-config-file", os.path.join(ROOT, "pyproject.toml"),
                            "--ignore-disjoint-bases"], cwd=cwd,
                           env={"MYPY_CACHE_DIR": os.path.join(cwd, ".mypy_cache")})
