@@ -1,8 +1,9 @@
-"""Build machinery for setup.py: OpenMP and AVX2 probes, flags, build record.
+"""Build machinery for setup.py: OpenMP and instruction-set probes, flags, build record.
 
 setup.py lists the extension modules and passes ``cmdclass={"build_ext": CybnBuildExt}``;
 everything about *how* they are compiled is here. What the build does and the environment
-switches (CYBN_OPENMP, CYBN_REQUIRE_OPENMP, CYBN_AVX2, CYBN_DEBUG): docs/building.md.
+switches (CYBN_OPENMP, CYBN_REQUIRE_OPENMP, CYBN_AVX2, CYBN_AVX512, CYBN_DEBUG):
+docs/building.md.
 Not installed: it ships in the sdist (MANIFEST.in) and runs only at build time.
 """
 
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from typing import NamedTuple
 
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError, LinkError, PlatformError
@@ -40,10 +42,54 @@ PYTHON_DIRECTIVES = {key: COMPILER_DIRECTIVES[key] for key in
                      ("language_level", "autotestdict", "freethreading_compatible",
                       "embedsignature", "binding")}
 
-# The module compiled with AVX2 (x86-64 targets only), and its flags per compiler.
-AVX2_MODULE = "cybn._kernels_avx2"
-AVX2_ARGS = {"msvc": ["/arch:AVX2"]}
-AVX2_ARGS_DEFAULT = ["-mavx2"]
+
+
+class IsaBuild(NamedTuple):
+    """A build of the kernels (cybn/_kernels_impl.pxi) for an x86-64 instruction-set level.
+
+    cybn._backend holds the run-time side (the CPUID check that may load the module).
+    """
+
+    name: str  # as in CYBN_KERNELS and the build record's kernel_builds ("<name>_args")
+    module: str
+    switch: str  # environment switch; 0 skips the module
+    label: str  # for messages
+    args: dict  # compiler type -> compile args; "default" for GCC, clang and the like
+    probe: str  # C source the compiler must build with `args`: it emits one instruction of
+    # the set, so the assembler is checked too, not only the compiler's option parser
+
+
+# The kernel builds beyond the baseline one, x86-64 targets only (setup.py), in order of
+# instruction-set level. Never -march: it changes tuning too, and the baseline and ISA builds
+# must differ only in the instructions they may use. No -mfma either: -ffp-contract=off keeps
+# GCC/clang from contracting anyway (no vfmadd in the AVX-512 module's code), and the builds
+# must stay bitwise-identical.
+ISA_BUILDS = (
+    IsaBuild("avx2", "cybn._kernels_avx2", "CYBN_AVX2", "AVX2",
+             {"msvc": ["/arch:AVX2"], "default": ["-mavx2"]},
+             "#include <immintrin.h>\n"
+             "__m256i cybn_isa_probe(__m256i a, __m256i b) { return _mm256_add_epi32(a, b); }\n"),
+    # x86-64-v4's AVX-512 subsets, F, BW, DQ and VL (they imply AVX2). -mprefer-vector-width
+    # is left at the compiler's default: GCC 12's generic tuning already emits 512-bit
+    # vectors with these flags (a loop compiled with and without -mprefer-vector-width=512
+    # gives the same assembly). The alternative, -mprefer-vector-width=256 (AVX-512
+    # instructions on 256-bit vectors, against clock throttling on older Xeons), measured
+    # against the default with benchmarks/compare_builds.py --old-args on 2026-12-08 (Xeon,
+    # Sapphire Rapids class, 2 vCPUs; 6 shapes x float32/64 x fwd_train/bwd/fwd_eval, 2 runs):
+    # 512-bit / 256-bit time, 1 thread, median 0.989 (0.889-1.043); float32 backward 0.965,
+    # best case (65536, 256) float32 backward 0.889; 2 threads too noisy to call (another
+    # job held a core). So 512-bit.
+    IsaBuild("avx512", "cybn._kernels_avx512", "CYBN_AVX512", "AVX-512",
+             {"msvc": ["/arch:AVX512"],
+              "default": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"]},
+             "#include <immintrin.h>\n"
+             "__m512i cybn_isa_probe(__m512i a, __m512i b) { return _mm512_add_epi8(a, b); }\n"),
+)
+
+
+def isa_args(build, compiler_type):
+    """The compile args of an IsaBuild for a compiler type ("unix", "msvc", "mingw32", ...)."""
+    return build.args.get(compiler_type, build.args["default"])
 
 # Compiled with and without OpenMP. Without it, _OPENMP is undefined and #error fires.
 OPENMP_PROBE_SOURCE = r"""
@@ -212,7 +258,7 @@ class CybnBuildExt(build_ext):
         else:
             # Never -ffast-math (NaN/Inf semantics must follow torch) nor -march=native (wheels).
             # Contraction off: a fused multiply-add would change results between the baseline
-            # and AVX2 builds, and between x86-64 and aarch64 (GCC contracts by default).
+            # and AVX2/AVX-512 builds, and between x86-64 and aarch64 (GCC contracts by default).
             opt_args = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"]
             opt_args.append("-ffp-contract=off")
         if debug:
@@ -222,17 +268,20 @@ class CybnBuildExt(build_ext):
                 f" {' '.join(opt_args)}"
             )
 
-        avx2_args = self._choose_avx2()
-        if avx2_args is None:
-            # build_lib keeps the products of earlier builds, and everything in it goes into
-            # the wheel: an AVX2 module from a previous build of this tree must not ship
-            stale = self.get_ext_fullpath(AVX2_MODULE)
-            if os.path.exists(stale):
-                print(f"cybn: removing {stale}, left by an earlier build", flush=True)
-                os.remove(stale)
+        # {build name: compile args, or None where the module is not built}
+        isa_args_used = {build.name: self._choose_isa(build) for build in ISA_BUILDS}
+        for build in ISA_BUILDS:
+            if isa_args_used[build.name] is None:
+                # build_lib keeps the products of earlier builds, and everything in it goes
+                # into the wheel: such a module from a previous build of this tree must not ship
+                stale = self.get_ext_fullpath(build.module)
+                if os.path.exists(stale):
+                    print(f"cybn: removing {stale}, left by an earlier build", flush=True)
+                    os.remove(stale)
+        isa_by_module = {b.module: isa_args_used[b.name] for b in ISA_BUILDS}
 
         config = {
-            "avx2_args": avx2_args,
+            **{f"{name}_args": args for name, args in isa_args_used.items()},
             "cython": Cython.__version__,
             "directives": directives,
             "compile_args": opt_args + omp_compile,
@@ -253,7 +302,7 @@ class CybnBuildExt(build_ext):
                 quiet=False,
             )
             ext.sources = cythonized.sources
-            isa = avx2_args if ext.name == AVX2_MODULE else []
+            isa = isa_by_module.get(ext.name) or []
             ext.extra_compile_args = [*ext.extra_compile_args, *opt_args, *omp_compile, *isa]
             ext.extra_link_args = [*ext.extra_link_args, *omp_link]
 
@@ -267,22 +316,24 @@ class CybnBuildExt(build_ext):
             debug=debug,
             directives=directives,
             cython_version=Cython.__version__,
-            kernel_builds=["baseline"] + (["avx2"] if avx2_args is not None else []),
-            avx2_args=avx2_args,
+            kernel_builds=["baseline"] + [n for n, a in isa_args_used.items() if a is not None],
+            isa_args=isa_args_used,
         )
 
-    def _choose_avx2(self):
-        """Return the AVX2 compile args, or None after removing the AVX2 module from the build."""
-        ext = next((e for e in self.extensions if e.name == AVX2_MODULE), None)
-        if ext is None:  # not an x86-64 target, or CYBN_AVX2=0 (see setup.py)
+    def _choose_isa(self, build):
+        """Return the compile args of an IsaBuild, or None after removing its module from the
+        build."""
+        ext = next((e for e in self.extensions if e.name == build.module), None)
+        if ext is None:  # not an x86-64 target, or its switch is 0 (see setup.py)
             return None
-        args = AVX2_ARGS.get(self.compiler.compiler_type, AVX2_ARGS_DEFAULT)
-        if self._probe(args, [], source="int cybn_avx2_probe(void) { return 0; }\n"):
-            print(f"cybn: building {AVX2_MODULE} with {args}", flush=True)
+        args = isa_args(build, self.compiler.compiler_type)
+        if self._probe(args, [], source=build.probe):
+            print(f"cybn: building {build.module} with {args}", flush=True)
             return args
         self.extensions.remove(ext)
-        _banner(f"cybn: the compiler rejects {args}: {AVX2_MODULE} is not built;"
-                " cybn will run its baseline kernels on every CPU")
+        _banner(f"cybn: the compiler rejects {args} (or its assembler the {build.label}"
+                f" instructions): {build.module} is not built; cybn will run the other kernel"
+                " builds only")
         return None
 
     def _compiler_description(self):
@@ -314,8 +365,11 @@ class CybnBuildExt(build_ext):
         record = os.path.join(package_dir, "_build_config.py")
         if getattr(self, "_record_path", None) and os.path.abspath(record) != self._record_path:
             self.copy_file(self._record_path, record, level=self.verbose)
-        if not any(ext.name == AVX2_MODULE for ext in self.extensions):
-            stale = os.path.join(package_dir, os.path.basename(self.get_ext_filename(AVX2_MODULE)))
+        built = {ext.name for ext in self.extensions}
+        for build in ISA_BUILDS:
+            if build.module in built:
+                continue
+            stale = os.path.join(package_dir, os.path.basename(self.get_ext_filename(build.module)))
             if os.path.exists(stale):
                 print(f"cybn: removing {stale}, left by an earlier build", flush=True)
                 os.remove(stale)
@@ -330,7 +384,7 @@ class CybnBuildExt(build_ext):
             "optimization_args": list(facts["opt_args"]),
             "debug": facts["debug"],
             "kernel_builds": facts["kernel_builds"],
-            "avx2_args": facts["avx2_args"],
+            **{f"{name}_args": args for name, args in facts["isa_args"].items()},
             "cython_version": facts["cython_version"],
             "cython_directives": dict(sorted(facts["directives"].items())),
             "compiled_python": dict(sorted(self._compiled_python.items())),
@@ -341,8 +395,9 @@ class CybnBuildExt(build_ext):
             "build_python": sys.version.split()[0],
             "environment": {
                 name: os.environ[name]
-                for name in ("CYBN_OPENMP", "CYBN_REQUIRE_OPENMP", "CYBN_DEBUG", "CYBN_AVX2", "CC",
-                             "CFLAGS", "CPPFLAGS", "LDFLAGS", "MACOSX_DEPLOYMENT_TARGET")
+                for name in ("CYBN_OPENMP", "CYBN_REQUIRE_OPENMP", "CYBN_DEBUG",
+                             *(b.switch for b in ISA_BUILDS), "CC", "CFLAGS", "CPPFLAGS",
+                             "LDFLAGS", "MACOSX_DEPLOYMENT_TARGET")
                 if name in os.environ
             },
         }
@@ -364,5 +419,5 @@ def _sha256(path):
 
 def x86_64_target():
     # the platform being built for (cibuildwheel/crossenv set _PYTHON_HOST_PLATFORM, which
-    # sysconfig honours); universal2 holds an arm64 slice, so it gets no AVX2 module
+    # sysconfig honours); universal2 holds an arm64 slice, so it gets no ISA_BUILDS module
     return sysconfig.get_platform().lower().endswith(("x86_64", "amd64"))

@@ -1,10 +1,10 @@
 """Build script for cybn's compiled modules (project metadata lives in pyproject.toml).
 
-The extension modules are listed below; how they are compiled (OpenMP probe, AVX2 kernel build,
--ffp-contract=off, the build record cybn/_build_config.py behind ``cybn.show_config()``,
-rebuilds after a configuration change) is in build_support.py. What the build does and its
-environment switches (CYBN_OPENMP, CYBN_REQUIRE_OPENMP, CYBN_AVX2, CYBN_DEBUG):
-docs/building.md.
+The extension modules are listed below; how they are compiled (OpenMP probe, AVX2 and AVX-512
+kernel builds, -ffp-contract=off, the build record cybn/_build_config.py behind
+``cybn.show_config()``, rebuilds after a configuration change) is in build_support.py. What the
+build does and its environment switches (CYBN_OPENMP, CYBN_REQUIRE_OPENMP, CYBN_AVX2,
+CYBN_AVX512, CYBN_DEBUG): docs/building.md.
 """
 
 import os
@@ -15,13 +15,15 @@ from setuptools import Extension, find_packages, setup
 
 # PEP 517 backends do not reliably put the project directory on sys.path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from build_support import AVX2_MODULE, CybnBuildExt, env_flag, x86_64_target  # noqa: E402
+from build_support import ISA_BUILDS, CybnBuildExt, env_flag, x86_64_target  # noqa: E402
 
-KERNELS = ["cybn/_kernels_impl.pxi"]  # the kernels' one source, included by both builds
+KERNELS = ["cybn/_kernels_impl.pxi"]  # the kernels' one source, included by every build
 
 EXTENSIONS = [
     Extension("cybn._kernels", ["cybn/_kernels.pyx"], depends=KERNELS),  # baseline ISA
-    Extension(AVX2_MODULE, ["cybn/_kernels_avx2.pyx"], depends=KERNELS),  # x86-64 only
+    # cybn._kernels_avx2, cybn._kernels_avx512: x86-64 only (below)
+    *(Extension(b.module, [b.module.replace(".", "/") + ".pyx"], depends=KERNELS)
+      for b in ISA_BUILDS),
     Extension("cybn._openmp", ["cybn/_openmp.pyx"], depends=["cybn/_openmp.pxd"]),
     Extension("cybn._cpu", ["cybn/_cpu.pyx"]),  # CPUID: which kernel build to load
     # The one validated call path and the two helpers it calls on every forward and
@@ -32,10 +34,11 @@ EXTENSIONS = [
       for name in ("functional", "_layout", "_threads")),
 ]
 
-if not (x86_64_target() and env_flag("CYBN_AVX2", True)):
-    print(f"cybn: {AVX2_MODULE} skipped (target {sysconfig.get_platform()},"
-          f" CYBN_AVX2={os.environ.get('CYBN_AVX2')})", flush=True)
-    EXTENSIONS = [e for e in EXTENSIONS if e.name != AVX2_MODULE]
+for build in ISA_BUILDS:
+    if not (x86_64_target() and env_flag(build.switch, True)):
+        print(f"cybn: {build.module} skipped (target {sysconfig.get_platform()},"
+              f" {build.switch}={os.environ.get(build.switch)})", flush=True)
+        EXTENSIONS = [e for e in EXTENSIONS if e.name != build.module]
 
 setup(
     packages=find_packages(include=["cybn", "cybn.*"]),

@@ -2,15 +2,21 @@
 
     python benchmarks/compare_builds.py --build-old HEAD~1     # build a revision as cybn_old
     python benchmarks/compare_builds.py                        # installed cybn vs cybn_old
+    python benchmarks/compare_builds.py --kernels avx512,avx2  # one revision, two kernel builds
 
 A kernel change must report, for every case, the ratio new ÷ old measured side by side in
 one process (timings on a shared machine drift between runs; interleaved rounds in one
 process see the same drift). Two builds of one package cannot be imported together under
 one name, so ``--build-old REV`` checks the revision out into a temporary git worktree and
 compiles it as the package ``cybn_old`` (same compiler flags as setup.py's release build:
--O3, -ffp-contract=off, OpenMP, -mavx2 for the AVX2 module) into
-``benchmarks/.old/`` (ignored by git). The comparison then imports both, checks that they
+-O3, -ffp-contract=off, OpenMP, build_support.ISA_BUILDS's flags for the AVX2 and AVX-512
+modules the revision has; ``--old-args MODULE=FLAGS`` adds flags to one module, to try a flag)
+into ``benchmarks/.old/`` (ignored by git). The comparison then imports both, checks that they
 return bitwise-identical results for each case, and times them round-robin.
+
+``--kernels NEW,OLD`` imports cybn with ``CYBN_KERNELS=NEW`` and cybn_old with
+``CYBN_KERNELS=OLD`` (each reads it once, at import): with cybn_old built from the installed
+revision, that times two kernel builds of one source side by side (e.g. avx512 ÷ avx2).
 
 Cases: the shapes of ``benchmarks/compare.py`` (SHAPES below, equal to its DEFAULT_SHAPES:
 every kernel schedule), float32 and float64, training forward, backward (all three gradients)
@@ -21,6 +27,7 @@ per-call overhead shows.
 """
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -47,22 +54,39 @@ SHAPES = (
     (1024, 3, 224),  # runs (C < 8: no slab)
 )
 BUILD_OLD = r'''
+import json, os
 from setuptools import setup, Extension
 from Cython.Build import cythonize
 D = {"language_level": 3, "boundscheck": False, "wraparound": False, "cdivision": True,
      "initializedcheck": False, "nonecheck": False, "autotestdict": False,
      "freethreading_compatible": True, "embedsignature": True, "binding": True}
 common = ["-O3", "-ffp-contract=off", "-fopenmp"]
+MODULE_ARGS = json.loads(%r)  # module -> its own flags
 exts = [Extension(f"cybn_old.{m}", [f"cybn_old/{m}.pyx"], extra_compile_args=common + extra,
                   extra_link_args=["-fopenmp"])
-        for m, extra in [("_kernels", []), ("_kernels_avx2", ["-mavx2"]), ("_openmp", []),
-                         ("_cpu", [])]]
+        for m, extra in [("_kernels", []), ("_openmp", []), ("_cpu", []),
+                         *MODULE_ARGS.items()]
+        if os.path.exists(f"cybn_old/{m}.pyx")]
 setup(name="cybn_old", ext_modules=cythonize(exts, compiler_directives=D, quiet=True),
       script_args=["build_ext", "--inplace"])
 '''
 
 
-def build_old(rev):
+def _module_args(extra):
+    """{module: flags} of the ISA builds (GCC/clang flags of build_support.py), plus `extra`
+    ({module: [flag, ...]} from --old-args)."""
+    sys.path.insert(0, ROOT)
+    try:
+        from build_support import ISA_BUILDS, isa_args
+    finally:
+        sys.path.remove(ROOT)
+    args = {b.module.split(".")[-1]: isa_args(b, "unix") for b in ISA_BUILDS}
+    for module, flags in extra.items():
+        args[module] = args.get(module, []) + flags
+    return args
+
+
+def build_old(rev, extra=None):
     tmp = tempfile.mkdtemp(prefix="cybn-old-")
     try:
         subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", tmp, rev], check=True)
@@ -71,7 +95,7 @@ def build_old(rev):
         shutil.copytree(os.path.join(tmp, "cybn"), os.path.join(OLD_DIR, "cybn_old"),
                         ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"))
         with open(os.path.join(OLD_DIR, "build_old.py"), "w") as f:
-            f.write(BUILD_OLD)
+            f.write(BUILD_OLD % json.dumps(_module_args(extra or {})))
         subprocess.run([sys.executable, "build_old.py"], cwd=OLD_DIR, check=True)
     finally:
         subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tmp], check=False)
@@ -154,16 +178,43 @@ def _same(a, b):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--build-old", metavar="REV", help="build REV as cybn_old first")
+    parser.add_argument("--old-args", metavar="MODULE=FLAGS", action="append", default=[],
+                        help="with --build-old: compile cybn_old.MODULE with FLAGS added"
+                        " (space-separated; e.g. _kernels_avx512=-mprefer-vector-width=256)")
+    parser.add_argument("--kernels", metavar="NEW,OLD",
+                        help="CYBN_KERNELS for cybn and for cybn_old (e.g. avx512,avx2)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--only", metavar="TEXT", action="append",
                         help="time only cases whose label contains TEXT (repeatable)")
     args = parser.parse_args(argv)
+    extra = {}
+    for item in args.old_args:
+        module, sep, flags = item.partition("=")
+        if not sep or not flags.split():
+            parser.error(f"--old-args expects MODULE=FLAGS, got {item!r}")
+        extra[module] = flags.split()
     if args.build_old:
-        build_old(args.build_old)
+        build_old(args.build_old, extra)
+    elif extra:
+        parser.error("--old-args needs --build-old")
+    kernels = args.kernels.split(",") if args.kernels else None
+    if kernels is not None and len(kernels) != 2:
+        parser.error(f"--kernels expects NEW,OLD (e.g. avx512,avx2), got {args.kernels!r}")
     sys.path.insert(0, OLD_DIR)
-    import cybn
-    import cybn_old
+    saved = os.environ.get("CYBN_KERNELS")
+    try:
+        if kernels:
+            os.environ["CYBN_KERNELS"] = kernels[0]
+        import cybn
+        if kernels:
+            os.environ["CYBN_KERNELS"] = kernels[1]
+        import cybn_old
+    finally:
+        if saved is None:
+            os.environ.pop("CYBN_KERNELS", None)
+        else:
+            os.environ["CYBN_KERNELS"] = saved
 
     print(f"new: {cybn.__file__} ({cybn._backend.kernels.__name__}); "
           f"old: {cybn_old.__file__} ({cybn_old._backend.kernels.__name__})")

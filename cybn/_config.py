@@ -104,8 +104,8 @@ def _fmt(value: Any) -> str:
 def show_config(file: TextIO | None = None) -> None:
     """Print how cybn was built and what it runs with (paste this into bug reports).
 
-    Shows the cybn version and location; which kernel build runs (baseline or AVX2, see
-    ``CYBN_KERNELS`` in the README); the build record (OpenMP on/off with its compile and
+    Shows the cybn version and location; which kernel build runs (baseline, AVX2 or AVX-512,
+    see ``CYBN_KERNELS`` in the README) and which the CPU supports; the build record (OpenMP on/off with its compile and
     link flags, optimisation and debug flags, Cython version and directives, compiler, build
     platform); the default thread count and what it is derived from; every OpenMP runtime
     loaded in this process with its file (from threadpoolctl: a wheel's should be the copy
@@ -117,6 +117,8 @@ def show_config(file: TextIO | None = None) -> None:
     file : text stream, optional
         Where to write; ``sys.stdout`` by default.
     """
+    from ._backend import _ISA_BUILDS
+
     out = sys.stdout if file is None else file
     info = config_info()
     lines: list[str] = []
@@ -129,7 +131,8 @@ def show_config(file: TextIO | None = None) -> None:
     add(f"  OpenMP               : {'enabled' if c['openmp_enabled'] else 'DISABLED (serial build)'}")
     k = c["kernels"]
     add(f"  kernels              : {k['selected']} ({k['module']}; built: {_fmt(k['built'])};"
-        f" CPU has AVX2: {'yes' if k['cpu_has_avx2'] else 'no'}"
+        " CPU has " + ", ".join(f"{b.label}: {'yes' if k[f'cpu_has_{b.name}'] else 'no'}"
+                                for b in reversed(_ISA_BUILDS))
         + (f"; CYBN_KERNELS={k['CYBN_KERNELS']!r}" if k["CYBN_KERNELS"] is not None else "")
         + ")")
 
@@ -141,7 +144,8 @@ def show_config(file: TextIO | None = None) -> None:
         add(f"  OpenMP compile args  : {_fmt(b.get('openmp_compile_args'))}")
         add(f"  OpenMP link args     : {_fmt(b.get('openmp_link_args'))}")
         add(f"  optimisation args    : {_fmt(b.get('optimization_args'))}")
-        add(f"  AVX2 module args     : {_fmt(b.get('avx2_args'))}")
+        for isa in reversed(_ISA_BUILDS):
+            add(f"  {isa.label + ' module args':21}: {_fmt(b.get(f'{isa.name}_args'))}")
         add(f"  debug (bounds checks): {b.get('debug')}")
         add(f"  Cython               : {_fmt(b.get('cython_version'))}")
         directives = b.get("cython_directives") or {}

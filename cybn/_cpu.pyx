@@ -3,7 +3,9 @@
 The check is CPUID plus XGETBV: AVX2 is usable only when the CPU reports it *and* the
 operating system saves the 256-bit YMM registers on context switches (OSXSAVE set and XCR0
 bits 1-2 on). A CPU flag alone is not enough: a kernel or hypervisor that does not enable
-the YMM state would fault on the first AVX instruction.
+the YMM state would fault on the first AVX instruction. AVX-512 likewise needs the CPU flags of
+the subsets cybn._kernels_avx512 is compiled for (F, BW, DQ, VL) and XCR0 bits 5-7 (the opmask
+registers and the upper halves and upper sixteen of the ZMM registers) on top of AVX2's.
 """
 
 cdef extern from *:
@@ -41,13 +43,31 @@ cdef extern from *:
           cybn_cpuid(7, r);
           return (int)((r[1] >> 5) & 1u);                /* leaf 7 EBX bit 5: AVX2 */
       }
+      /* leaf 7 EBX: bits 16 AVX512F, 17 AVX512DQ, 30 AVX512BW, 31 AVX512VL */
+      #define CYBN_AVX512_EBX ((1u << 16) | (1u << 17) | (1u << 30) | (1u << 31))
+      static int cybn_cpu_avx512(void) {
+          unsigned int r[4];
+          if (!cybn_cpu_avx2()) return 0;                /* also: leaf 7 and OSXSAVE exist */
+          /* XCR0 bits 1, 2 (XMM, YMM), 5, 6, 7 (opmask, ZMM_Hi256, Hi16_ZMM) */
+          if ((cybn_xcr0() & 0xE6u) != 0xE6u) return 0;
+          cybn_cpuid(7, r);
+          return (r[1] & CYBN_AVX512_EBX) == CYBN_AVX512_EBX;
+      }
     #else
       static int cybn_cpu_avx2(void) { return 0; }       /* not x86: no AVX2 */
+      static int cybn_cpu_avx512(void) { return 0; }     /* nor AVX-512 */
     #endif
     """
     int cybn_cpu_avx2() noexcept nogil
+    int cybn_cpu_avx512() noexcept nogil
 
 
 def has_avx2() -> bool:
     """Return True if this CPU and operating system can run AVX2 code (False off x86)."""
     return cybn_cpu_avx2() == 1
+
+
+def has_avx512() -> bool:
+    """Return True if this CPU and operating system can run the AVX-512 code of
+    cybn._kernels_avx512 (AVX512F, BW, DQ and VL, and AVX2; False off x86)."""
+    return cybn_cpu_avx512() == 1

@@ -7,7 +7,7 @@ array, axes 0 and 2 of an (N, C, L) array, ``n = N * L`` values per channel
 (Ioffe & Szegedy 2015, "Batch Normalization", Algorithm 1 and section 3.1).
 
 This module validates, resolves dtypes and layouts and allocates; the arithmetic is done by
-the compiled kernels (``cybn._kernels``, or its AVX2 build; see ``cybn._backend``).
+the compiled kernels (``cybn._kernels``, or its AVX2 or AVX-512 build; see ``cybn._backend``).
 
 dtype policy
 ------------

@@ -152,6 +152,19 @@ def expect(condition, message):
         raise CheckFailed(message)
 
 
+def isa_kernel_modules():
+    """The kernel builds for an x86-64 instruction-set level (build_support.ISA_BUILDS), by
+    their sources: ["_kernels_avx2", "_kernels_avx512"]. Not imported from build_support.py,
+    which needs setuptools in the Python that runs this script."""
+    return sorted(os.path.basename(p)[:-4]
+                  for p in glob.glob(os.path.join(ROOT, "cybn", "_kernels_*.pyx")))
+
+
+def isa_switch(module):
+    """The build switch of such a module: _kernels_avx512 -> CYBN_AVX512."""
+    return "CYBN_" + module.removeprefix("_kernels_").upper()
+
+
 def read_pyproject():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         return tomllib.load(f)
@@ -336,8 +349,14 @@ class Checks:
         compiled = [n for n in wnames if re.match(r"cybn/[^/]+\.(so|pyd)$", n)]
         expect(len(compiled) == n_expected,
                f"wheel has {len(compiled)} compiled modules, expected {n_expected}")
+        # x86-64 wheels carry every ISA build of the kernels (the count above implies it; this
+        # names the one missing)
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            for module in isa_kernel_modules():
+                expect(any(re.match(rf"cybn/{module}\..*(so|pyd)$", n) for n in wnames),
+                       f"x86-64 wheel lacks the compiled cybn.{module}")
         for need in ["cybn/py.typed", "cybn/_kernels.pyi", "cybn/_kernels_avx2.pyi",
-                     "cybn/_cpu.pyi", "cybn/_openmp.pyi",
+                     "cybn/_kernels_avx512.pyi", "cybn/_cpu.pyi", "cybn/_openmp.pyi",
                      "cybn/_build_config.py", "cybn/__init__.py"]:
             expect(need in wnames, f"wheel lacks {need}")
         expect(any(n.endswith(".dist-info/licenses/LICENSE") for n in wnames), "wheel lacks LICENSE")
@@ -462,14 +481,17 @@ class Checks:
 
     def check4_serial(self):
         """CYBN_OPENMP=0 wheel; compiler without OpenMP -> serial; + REQUIRE -> build fails."""
-        # a) CYBN_OPENMP=0, and without the AVX2 kernels (CYBN_AVX2=0): the minimal build
-        proc, wheel = self.build_wheel_noniso("serial", {"CYBN_OPENMP": "0", "CYBN_AVX2": "0"})
+        # a) CYBN_OPENMP=0, and without the AVX2 and AVX-512 kernels (CYBN_AVX2=0,
+        # CYBN_AVX512=0): the minimal build
+        isa_off = {isa_switch(m): "0" for m in isa_kernel_modules()}
+        proc, wheel = self.build_wheel_noniso("serial", {"CYBN_OPENMP": "0", **isa_off})
         expect(wheel, "CYBN_OPENMP=0 produced no wheel")
         expect("OpenMP DISABLED" in proc.stdout, "CYBN_OPENMP=0 build log lacks 'OpenMP DISABLED'")
         needed = self.elf_needed(wheel)
         with zipfile.ZipFile(wheel) as zf:
-            expect(not any(re.match(r"cybn/_kernels_avx2\..*(so|pyd)$", n) for n in zf.namelist()),
-                   "CYBN_AVX2=0 wheel contains the compiled cybn._kernels_avx2")
+            for module in isa_kernel_modules():
+                expect(not any(re.match(rf"cybn/{module}\..*(so|pyd)$", n) for n in zf.namelist()),
+                       f"{isa_switch(module)}=0 wheel contains the compiled cybn.{module}")
         expect(not any("gomp" in d or "omp" in d.split(".")[0] for deps in needed.values() for d in deps),
                f"serial wheel still depends on an OpenMP runtime: {needed}")
         show = self.r.run([self.tool("auditwheel"), "show", wheel])
@@ -513,7 +535,8 @@ class Checks:
         expect(proc.returncode != 0 and wheel_c is None,
                "CYBN_REQUIRE_OPENMP=1 with a compiler lacking OpenMP did not fail the build")
         expect("OpenMP is required" in proc.stdout, "the failure does not say 'OpenMP is required'")
-        return (f"CYBN_OPENMP=0 CYBN_AVX2=0: no OpenMP NEEDED, no AVX2 module, "
+        return (f"CYBN_OPENMP=0 {' '.join(f'{k}=0' for k in isa_off)}: no OpenMP NEEDED,"
+                f" no {'/'.join(isa_kernel_modules())} module, "
                 f"{summary[-1].strip('= ') if summary else '?'}; "
                 "CC without -fopenmp: serial fallback; + CYBN_REQUIRE_OPENMP=1: build fails")
 
@@ -660,7 +683,8 @@ class Checks:
                                                NEWEST_NUMPY, "mypy"])
         cwd = os.path.join(self.work, "stubtest-cwd")
         os.makedirs(cwd, exist_ok=True)
-        proc = self.r.run([py, "-m", "mypy.stubtest", "cybn",
+        # tests/_stubtest.py: stubtest that never imports a kernel build this CPU cannot run
+        proc = self.r.run([py, os.path.join(ROOT, "tests", "_stubtest.py"), "cybn",
                            "--mypy-config-file", os.path.join(ROOT, "pyproject.toml"),
                            "--ignore-disjoint-bases"], cwd=cwd,
                           env={"MYPY_CACHE_DIR": os.path.join(cwd, ".mypy_cache")})

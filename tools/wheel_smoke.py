@@ -5,8 +5,8 @@
 * every OpenMP runtime loaded in the process is the copy vendored inside the wheel
   (``cybn.libs/`` from auditwheel/delvewheel, ``cybn/.dylibs/`` from delocate), never a system
   one (``--any-runtime`` relaxes this for builds from source, which use the system runtime);
-* an x86-64 wheel carries the AVX2 kernels (unless built with CYBN_AVX2=0), and uses them
-  when the CPU has AVX2;
+* an x86-64 wheel carries the AVX2 and AVX-512 kernels (unless built with CYBN_AVX2=0 or
+  CYBN_AVX512=0), and uses the highest the CPU supports;
 * a parallel kernel call works;
 * on a free-threaded Python, importing cybn did not re-enable the GIL.
 
@@ -46,16 +46,21 @@ def main(argv=None):
 
     from cybn._build_config import BUILD_CONFIG
 
-    from cybn import _backend, _cpu
+    from cybn import _backend
 
     kernels = _backend.kernels_info()
-    opted_out = BUILD_CONFIG["environment"].get("CYBN_AVX2", "1").strip().lower() in (
-        "0", "false", "no", "off", "")
-    if sysconfig.get_platform().lower().endswith(("x86_64", "amd64")) and not opted_out:
-        if "avx2" not in kernels["built"]:
-            problems.append("an x86-64 wheel without cybn._kernels_avx2")
-        elif _cpu.has_avx2() and kernels["selected"] != "avx2" and not kernels["CYBN_KERNELS"]:
-            problems.append(f"the CPU has AVX2 but {kernels['module']} was chosen")
+    x86_64 = sysconfig.get_platform().lower().endswith(("x86_64", "amd64"))
+    for isa in _backend._ISA_BUILDS:  # highest first
+        opted_out = BUILD_CONFIG["environment"].get(isa.switch, "1").strip().lower() in (
+            "0", "false", "no", "off", "")
+        if not x86_64 or opted_out:
+            continue
+        if isa.name not in kernels["built"]:
+            problems.append(f"an x86-64 wheel without cybn.{isa.module}")
+        elif _backend._runs_here(isa) and not kernels["CYBN_KERNELS"]:
+            if kernels["selected"] != isa.name:
+                problems.append(f"the CPU has {isa.label} but {kernels['module']} was chosen")
+            break  # the highest build this CPU runs: the lower ones are not chosen
 
     # Load the runtime for sure and exercise a multi-threaded kernel call.
     x = np.random.default_rng(0).standard_normal((4096, 64)).astype(np.float32)
