@@ -9,7 +9,8 @@ cybn ships the kernels up to three times, compiled from one source (``cybn/_kern
 
 At import, the highest build that was built and that the CPU and the OS support
 (:func:`cybn._cpu.has_avx512`, :func:`cybn._cpu.has_avx2`) is used: avx512, else avx2, else
-baseline. All builds return bitwise-identical results (floating-point contraction is off and
+baseline (``kernels``). When that is avx512, inputs of fewer than AVX512_MIN_ELEMENTS
+elements run the AVX2 build (``kernels_small``; cybn.functional picks per call). All builds return bitwise-identical results (floating-point contraction is off and
 the kernels vectorise only across independent accumulators), so the choice changes speed only.
 
 ``CYBN_KERNELS`` overrides the choice: ``auto`` (default), ``baseline``, ``avx2`` or
@@ -34,7 +35,7 @@ from typing import NamedTuple
 from . import _cpu
 from . import _kernels as _baseline
 
-__all__ = ["KERNEL_BUILDS", "kernels", "kernels_info"]
+__all__ = ["AVX512_MIN_ELEMENTS", "KERNEL_BUILDS", "kernels", "kernels_info", "kernels_small"]
 
 
 class _IsaBuild(NamedTuple):
@@ -97,8 +98,30 @@ def _select(request: str) -> tuple[str, ModuleType]:
     return "baseline", _baseline
 
 
+# Inputs of fewer elements run the AVX2 build in auto mode even where the AVX-512 one runs
+# (bitwise the same results, so only the speed differs). Measured on 2026-12-08 (Xeon,
+# Sapphire Rapids class, 2 vCPUs), AVX-512 time / AVX2 time, 1 thread, float32:
+# benchmarks/compare_builds.py --kernels avx512,avx2 --rounds 41, (32, 64) = 2 Ki elements:
+# training forward 1.07, backward 1.08, evaluation 1.12 (float64 1.00-1.04); direct kernel
+# calls (128, 128) = 16 Ki elements: 0.86, 0.84, 0.80, and (256, 512): 0.88-0.94. At
+# 4 Ki elements the two were within the noise. A forced CYBN_KERNELS build runs every size.
+AVX512_MIN_ELEMENTS = 16384
+
+
+def _small_inputs(name: str, module: ModuleType) -> tuple[str, ModuleType]:
+    """The build for inputs below AVX512_MIN_ELEMENTS: AVX2 in auto mode when AVX-512 was
+    chosen (and AVX2 runs), else the chosen build."""
+    if (_REQUEST or "").strip().lower() not in ("", "auto") or name != "avx512":
+        return name, module
+    avx2 = next(b for b in _ISA_BUILDS if b.name == "avx2")
+    if _built(avx2) and _runs_here(avx2):
+        return avx2.name, _module(avx2)
+    return name, module
+
+
 _REQUEST = os.environ.get(_ENV)  # read once: the choice is made at import
 _NAME, kernels = _select("auto" if _REQUEST is None else _REQUEST)
+_SMALL_NAME, kernels_small = _small_inputs(_NAME, kernels)
 
 
 def kernels_info() -> dict[str, object]:
@@ -106,6 +129,8 @@ def kernels_info() -> dict[str, object]:
     return {
         "selected": _NAME,
         "module": kernels.__name__,
+        # the build of inputs below AVX512_MIN_ELEMENTS elements (the same one, or avx2)
+        "small_inputs": _SMALL_NAME,
         "built": ["baseline", *(b.name for b in reversed(_ISA_BUILDS) if _built(b))],
         **{f"cpu_has_{b.name}": _runs_here(b) for b in reversed(_ISA_BUILDS)},
         _ENV: _REQUEST,

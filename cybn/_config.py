@@ -117,7 +117,7 @@ def show_config(file: TextIO | None = None) -> None:
     file : text stream, optional
         Where to write; ``sys.stdout`` by default.
     """
-    from ._backend import _ISA_BUILDS
+    from ._backend import _ISA_BUILDS, AVX512_MIN_ELEMENTS
 
     out = sys.stdout if file is None else file
     info = config_info()
@@ -135,6 +135,9 @@ def show_config(file: TextIO | None = None) -> None:
                                 for b in reversed(_ISA_BUILDS))
         + (f"; CYBN_KERNELS={k['CYBN_KERNELS']!r}" if k["CYBN_KERNELS"] is not None else "")
         + ")")
+    if k["small_inputs"] != k["selected"]:
+        add(f"  small inputs         : {k['small_inputs']} (inputs below "
+            f"{AVX512_MIN_ELEMENTS} elements, where it measured faster)")
 
     b = info["build"]
     add("build")

@@ -26,7 +26,9 @@ import numbers
 
 import numpy as np
 
+from ._backend import AVX512_MIN_ELEMENTS as _BIG
 from ._backend import kernels as _kernels
+from ._backend import kernels_small as _kernels_small
 from ._layout import as_ncl
 from ._threads import effective_n_threads
 
@@ -43,29 +45,35 @@ _EMPTY = np.empty(0, dtype=np.float64)
 _EMPTY.flags.writeable = False
 
 
-def _specialise(kernel, n_types):
+def _specialise(name, n_types):
     # Index the fused-type specialisations once: Cython's runtime dispatch on every call
-    # would cost microseconds, which is most of the budget for small batches.
-    sigs = kernel.__signatures__
-    if n_types == 1:
-        return {dt: sigs[name] for dt, name in _CNAME.items()}
-    # the two-type kernels take the arrays as objects and two scalar markers that fix
-    # their specialisation (see the kernel source); bind the markers here
-    return {(dx, dp): functools.partial(sigs[f"{nx}|{npar}"], 0.0, 0.0)
-            for dx, nx in _CNAME.items() for dp, npar in _CNAME.items()}
+    # would cost microseconds, which is most of the budget for small batches. The last key
+    # says whether the input has at least _BIG elements: the build for large inputs
+    # (cybn._backend.kernels) or for small ones (kernels_small; see AVX512_MIN_ELEMENTS).
+    table = {}
+    for big, module in ((False, _kernels_small), (True, _kernels)):
+        sigs = getattr(module, name).__signatures__
+        if n_types == 1:
+            table.update({(dt, big): sigs[cname] for dt, cname in _CNAME.items()})
+        else:
+            # the two-type kernels take the arrays as objects and two scalar markers that
+            # fix their specialisation (see the kernel source); bind the markers here
+            table.update({(dx, dp, big): functools.partial(sigs[f"{nx}|{npar}"], 0.0, 0.0)
+                          for dx, nx in _CNAME.items() for dp, npar in _CNAME.items()})
+    return table
 
 
-_FORWARD_TRAINING = _specialise(_kernels.forward_training, 2)
-_FORWARD_INFERENCE = _specialise(_kernels.forward_inference, 2)
-_BACKWARD_TRAINING = _specialise(_kernels.backward_training, 2)
-_BACKWARD_INFERENCE = _specialise(_kernels.backward_inference, 2)
+_FORWARD_TRAINING = _specialise("forward_training", 2)
+_FORWARD_INFERENCE = _specialise("forward_inference", 2)
+_BACKWARD_TRAINING = _specialise("backward_training", 2)
+_BACKWARD_INFERENCE = _specialise("backward_inference", 2)
 # the decomposed kernels of a forward/backward whose sums are reduced across processes
 # (SyncBatchNorm's `reduce`, see _forward)
-_BATCH_STATS = _specialise(_kernels.batch_stats, 1)
-_NORMALIZE = _specialise(_kernels.normalize, 1)
-_BACKWARD_REDUCE = _specialise(_kernels.backward_reduce, 1)
-_BACKWARD_INPUT = _specialise(_kernels.backward_input, 1)
-_UPDATE_RUNNING_STATS = _specialise(_kernels.update_running_stats, 1)
+_BATCH_STATS = _specialise("batch_stats", 1)
+_NORMALIZE = _specialise("normalize", 1)
+_BACKWARD_REDUCE = _specialise("backward_reduce", 1)
+_BACKWARD_INPUT = _specialise("backward_input", 1)
+_UPDATE_RUNNING_STATS = _specialise("update_running_stats", 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -507,7 +515,8 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
     # -- the kernels
     if not batch_stats:
         stats = np.empty((2, C)) if keep else None
-        _FORWARD_INFERENCE[xdt, pdt](view.data, w, b, rm, rv, eps, out3, stats, nt, act, r3)
+        _FORWARD_INFERENCE[xdt, pdt, view.data.size >= _BIG](view.data, w, b, rm, rv, eps,
+                                                             out3, stats, nt, act, r3)
     elif reduce is not None or renorm is not None:
         # the decomposed kernels: statistics, (the reduction across processes,) then the
         # output with constants that may depend on the global or renormalised statistics
@@ -524,9 +533,11 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
             shift += d * w if w is not None else d
             stats = np.vstack((stats, r, d))
         if view.data.size:
-            _NORMALIZE[xdt](view.data, stats[0], scale, shift, out3, nt)
+            _NORMALIZE[xdt, view.data.size >= _BIG](view.data, stats[0], scale, shift, out3,
+                                                    nt)
         if update and count > 0:
-            _UPDATE_RUNNING_STATS[pdt](rm_k, rv_k, stats[0], stats[2], var_scale, factor)
+            _UPDATE_RUNNING_STATS[pdt, False](rm_k, rv_k, stats[0], stats[2], var_scale,
+                                              factor)
     elif count == 0:
         stats = _empty_batch_stats(C, eps)
         update = False  # an empty batch changes nothing
@@ -534,8 +545,9 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
         stats = np.empty((3, C))
         # count > 1 here: one value per channel is rejected before any work in training
         var_scale = count / (count - 1) if unbiased else 1.0
-        bad = _FORWARD_TRAINING[xdt, pdt](view.data, w, b, rm_k, rv_k, eps, factor,
-                                          var_scale, out3, stats, check_finite, nt, act, r3)
+        kernel = _FORWARD_TRAINING[xdt, pdt, view.data.size >= _BIG]
+        bad = kernel(view.data, w, b, rm_k, rv_k, eps, factor, var_scale, out3, stats,
+                     check_finite, nt, act, r3)
         if bad:
             _check_finite_stats(stats, axis)
     if update and count > 0:
@@ -596,7 +608,7 @@ def _reduced_stats(x3, xdt, count, eps, nt, reduce):
     C = x3.shape[1]
     mean = np.empty(C)
     m2 = np.empty(C)
-    _BATCH_STATS[xdt](x3, mean, m2, nt)
+    _BATCH_STATS[xdt, x3.size >= _BIG](x3, mean, m2, nt)
     n = count
     if reduce is not None:
         n, mean, m2 = reduce(count, mean, m2)
@@ -672,22 +684,22 @@ def _backward(grad_output, saved, weight, stats, training, need_weight, need_bia
         gb = np.empty(C, dtype=pdt) if need_bias else None
         kernel = _BACKWARD_TRAINING if training else _BACKWARD_INFERENCE
         if not act:
-            kernel[xdt, pdt](dy3, x3, w, stats[0], stats[1], gi3, gw, gb, nt)
+            kernel[xdt, pdt, x3.size >= _BIG](dy3, x3, w, stats[0], stats[1], gi3, gw, gb, nt)
         else:
             r3 = gr3 = None
             if residual is not None:
                 r3 = view.adopt(residual if residual.dtype == xdt else residual.astype(xdt))
                 gr3, gres = view.empty_like()
-            kernel[xdt, pdt](dy3, x3, w, stats[0], stats[1], gi3, gw, gb, nt, act,
-                             _as_param(bias, pdt), r3, gr3)
+            kernel[xdt, pdt, x3.size >= _BIG](dy3, x3, w, stats[0], stats[1], gi3, gw, gb,
+                                              nt, act, _as_param(bias, pdt), r3, gr3)
     else:
         mean, invstd = stats[0], stats[1]
         sums = np.empty((2, C))
-        _BACKWARD_REDUCE[xdt](dy3, x3, mean, sums[0], sums[1], nt)
+        _BACKWARD_REDUCE[xdt, x3.size >= _BIG](dy3, x3, mean, sums[0], sums[1], nt)
         sum_dy, sum_dy_xmu = reduce(sums[0], sums[1])
         if x3.size > 0:
             scale = invstd * w if w is not None else invstd
-            _BACKWARD_INPUT[xdt](dy3, x3, mean, sum_dy / count,
+            _BACKWARD_INPUT[xdt, x3.size >= _BIG](dy3, x3, mean, sum_dy / count,
                                  sum_dy_xmu * (invstd * invstd) / count,
                                  np.ascontiguousarray(scale, np.float64), gi3, nt)
         gw = (sum_dy_xmu * invstd).astype(pdt) if need_weight else None

@@ -193,6 +193,49 @@ def test_select_rules(monkeypatch):
                 _backend._select(b.name)
 
 
+def test_small_inputs_rules(monkeypatch):
+    # auto mode with AVX-512 chosen: inputs below AVX512_MIN_ELEMENTS run the AVX2 build
+    # (which measured faster there); any forced build, or any other choice, runs every size
+    modules = _fake_modules(monkeypatch)
+    if modules["avx2"] is None or modules["avx512"] is None:
+        pytest.skip("needs both ISA builds built")
+    _cpu_has(monkeypatch, "avx2", "avx512")
+    for request in (None, "", "auto", " Auto"):
+        monkeypatch.setattr(_backend, "_REQUEST", request)
+        assert _backend._small_inputs("avx512", modules["avx512"]) == ("avx2", modules["avx2"])
+        assert _backend._small_inputs("avx2", modules["avx2"]) == ("avx2", modules["avx2"])
+        assert _backend._small_inputs("baseline", _backend._baseline) == (
+            "baseline", _backend._baseline)
+    for request in ("avx512", "AVX512 "):
+        monkeypatch.setattr(_backend, "_REQUEST", request)
+        assert _backend._small_inputs("avx512", modules["avx512"]) == (
+            "avx512", modules["avx512"])
+    # AVX-512 chosen on a CPU where AVX2 would not run (no such CPU; the rule holds anyway)
+    monkeypatch.setattr(_backend, "_REQUEST", None)
+    _cpu_has(monkeypatch, "avx512")
+    assert _backend._small_inputs("avx512", modules["avx512"]) == ("avx512", modules["avx512"])
+
+
+def test_functional_routes_by_input_size():
+    # every specialised kernel of cybn.functional: inputs of at least AVX512_MIN_ELEMENTS
+    # elements go to cybn._backend.kernels, smaller ones to kernels_small
+    from cybn import functional as F
+    tables = [v for k, v in vars(F).items() if k.isupper() and k.startswith(("_FORWARD",
+              "_BACKWARD", "_BATCH", "_NORMALIZE", "_UPDATE"))]
+    assert len(tables) == 9
+    for table in tables:
+        assert len(table) in (2 * 2, 2 * 4)  # dtypes x {small, big}
+        for key, fn in table.items():
+            fn = getattr(fn, "func", fn)  # the two-type kernels are functools.partial
+            module = _backend.kernels if key[-1] else _backend.kernels_small
+            assert fn.__module__ == module.__name__, (key, fn.__module__)
+    info = _backend.kernels_info()
+    assert info["small_inputs"] == _backend.kernels_small.__name__.rsplit("_", 1)[-1].replace(
+        "kernels", "baseline")
+    if info["selected"] == "avx512" and os.environ.get("CYBN_KERNELS") is None:
+        assert info["small_inputs"] == ("avx2" if "avx2" in dict(RUNNABLE) else "avx512")
+
+
 @pytest.mark.parametrize("build", ISA_BUILDS, ids=lambda b: b.name)
 def test_select_refuses_a_build_not_built(monkeypatch, build):
     # as on a non-x86-64 target or with CYBN_AVX512=0: the module is not installed
