@@ -77,28 +77,24 @@ setup(name="cybn_old", ext_modules=cythonize(exts, compiler_directives=D, quiet=
 '''
 
 
+def _build_support():
+    """The checkout's build_support.py (flags and directives of setup.py's build)."""
+    sys.path.insert(0, ROOT)
+    try:
+        import build_support
+    finally:
+        sys.path.remove(ROOT)
+    return build_support
+
+
 def _module_args(extra):
     """{module: flags} of the ISA builds (GCC/clang flags of build_support.py), plus `extra`
     ({module: [flag, ...]} from --old-args)."""
-    sys.path.insert(0, ROOT)
-    try:
-        from build_support import ISA_BUILDS, isa_args
-    finally:
-        sys.path.remove(ROOT)
-    args = {b.module.split(".")[-1]: isa_args(b, "unix") for b in ISA_BUILDS}
+    bs = _build_support()
+    args = {b.module.split(".")[-1]: bs.isa_args(b, "unix") for b in bs.ISA_BUILDS}
     for module, flags in extra.items():
         args[module] = args.get(module, []) + flags
     return args
-
-
-def _python_directives():
-    """The Cython directives setup.py compiles cybn's Python modules with."""
-    sys.path.insert(0, ROOT)
-    try:
-        from build_support import PYTHON_DIRECTIVES
-    finally:
-        sys.path.remove(ROOT)
-    return PYTHON_DIRECTIVES
 
 
 def build_old(rev, extra=None):
@@ -110,7 +106,8 @@ def build_old(rev, extra=None):
         shutil.copytree(os.path.join(tmp, "cybn"), os.path.join(OLD_DIR, "cybn_old"),
                         ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"))
         with open(os.path.join(OLD_DIR, "build_old.py"), "w") as f:
-            f.write(BUILD_OLD % json.dumps([_module_args(extra or {}), _python_directives()]))
+            f.write(BUILD_OLD % json.dumps([_module_args(extra or {}),
+                                           _build_support().PYTHON_DIRECTIVES]))
         subprocess.run([sys.executable, "build_old.py"], cwd=OLD_DIR, check=True)
     finally:
         subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tmp], check=False)
